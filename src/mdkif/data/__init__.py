@@ -1,0 +1,1 @@
+"""Unified skill data, benchmark loaders and the errors they raise."""

