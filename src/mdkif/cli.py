@@ -25,10 +25,12 @@ app = typer.Typer(
 def _register() -> None:
     # One line per command group. Imports are local so `mdkif --help` stays fast.
     from mdkif.data.commands import app as data_app
+    from mdkif.evaluation.commands import eval_command
     from mdkif.models.commands import app as models_app
 
     app.add_typer(data_app, name="data", help="Build and inspect unified skill data and benchmarks.")
     app.add_typer(models_app, name="models", help="Load and check base models.")
+    app.command("eval")(eval_command)
 
 
 _register()

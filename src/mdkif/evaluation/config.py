@@ -1,0 +1,168 @@
+"""The `mdkif eval` config: a matrix of variants (model + adapter + retriever + prompting) x benchmarks.
+
+Every block is a strict schema, so a typo in a stage YAML stops the run before Ray starts, naming the
+field. A variant's `fingerprint` decides whether finished shards from an earlier run may be reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from mdkif.config import StrictModel
+from mdkif.models import ModelConfig
+
+SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class ScoringConfig(StrictModel):
+    """How a variant answers: the scoring method, the prompt it sees and the batch it runs in."""
+
+    method: Literal["loglik", "generate", "cot", "voc"] = Field(
+        "loglik",
+        description="loglik: compare option log-likelihoods (no generation, never unparsable); "
+        "generate: greedy 'Answer: X' then strict parse; cot: think step by step, then strict parse; "
+        "voc: Verification-of-Choice (see mdkif.evaluation.voc)",
+    )
+    target: Literal["letter", "text"] = Field(
+        "letter",
+        description="loglik/voc: score the option key (' A', ' yes') after a prompt listing every option "
+        "(the usual MCQ protocol), or the option's text",
+    )
+    normalize: Literal["none", "tokens", "chars"] = Field(
+        "none",
+        description="divide a continuation's log-prob by its token or character count; matters only "
+        "for target=text, where long options would otherwise lose",
+    )
+    shots: int = Field(
+        0, ge=0, le=16, description="k-shot examples drawn from each benchmark's fewshot source"
+    )
+    chat_template: Literal["auto", "on", "off"] = Field(
+        "auto", description="wrap the prompt in the tokenizer's chat template (auto: when it has one)"
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="generation budget; default 8 for generate, 256 for cot"
+    )
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass / generate call")
+    max_prompt_tokens: int = Field(
+        1536, ge=64, description="prompts longer than this are cut from the left (shots and passages first)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScoringConfig:
+        if self.method in ("generate", "cot") and self.target == "text":
+            raise ValueError("target=text applies to loglik/voc only; generative methods answer with the key")
+        return self
+
+    def new_tokens(self) -> int:
+        """The generation budget: a short answer for `generate`, room for reasoning for `cot`."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return 256 if self.method == "cot" else 8
+
+
+class RetrieverConfig(StrictModel):
+    """Where RAG passages come from. Retrieval is always by the question alone (MIRAGE's rule)."""
+
+    index: str = Field(
+        description="what the factory opens: the RAG index's persist directory (or its config)"
+    )
+    factory: str = Field(
+        "mdkif.rag.retriever:ChromaRetriever.open",
+        description="'module:callable' called as callable(index, **options) and returning a Retriever",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for the factory, e.g. {mode: hybrid}"
+    )
+    k: int = Field(5, ge=1, le=50, description="passages per question")
+    max_chars: int = Field(800, ge=50, description="each passage is cut to this many characters")
+    exclude_gold: bool = Field(
+        True,
+        description="PubMedQA items: keep their own abstract (same pmid) out of the results, MIRAGE's "
+        "PubMedQA* rule; otherwise a corpus that holds PubMedQA hands the model the gold context",
+    )
+
+
+class VariantConfig(StrictModel):
+    """One thing we compare: a base model, optionally an adapter and a retriever, and a way of answering."""
+
+    name: str = Field(pattern=SLUG, description="row label and output folder name")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    adapter: Path | None = Field(None, description="a peft adapter directory (LoRA or AdaLoRA)")
+    retriever: RetrieverConfig | None = None
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes a prediction; finished shards are reused only when it matches."""
+        return hashlib.sha1(self.model_dump_json().encode()).hexdigest()[:16]
+
+    def model_key(self) -> str:
+        """Variants sharing this key share one loaded model inside a worker."""
+        blob = json.dumps([self.model.model_dump(mode="json"), str(self.adapter)], sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+class FewshotSource(StrictModel):
+    """Where k-shot examples come from: a different split (or file) than the one evaluated."""
+
+    source: str = Field(description="benchmark name, file or folder for load_benchmark")
+    split: str | None = None
+    seed: int = 0
+
+
+class BenchmarkConfig(StrictModel):
+    """A benchmark to score: anything `load_benchmark` reads. A MIRAGE file yields one column per source."""
+
+    source: str = Field(description="benchmark name (medqa, pubmedqa, ...), file/folder path, or hub:<repo>")
+    split: str | None = Field(None, description="split, or MIRAGE source (medqa, medmcqa, mmlu, pubmedqa)")
+    name: str | None = Field(
+        None, pattern=SLUG, description="column label; default: each record's own benchmark name"
+    )
+    limit: int | None = Field(None, ge=1, description="first N items of each benchmark in the source")
+    with_context: bool = Field(
+        False, description="include gold contexts (PubMedQA); off for MIRAGE's fair setting"
+    )
+    fewshot: FewshotSource | None = Field(None, description="needed when a variant uses shots > 0")
+
+    @model_validator(mode="after")
+    def _fewshot_elsewhere(self) -> BenchmarkConfig:
+        fs = self.fewshot
+        if fs is not None and fs.source == self.source and fs.split == self.split:
+            raise ValueError("fewshot examples must come from another split or file than the one evaluated")
+        return self
+
+
+class EvalConfig(StrictModel):
+    """The whole `mdkif eval` run: variants x benchmarks, how it is sharded, and where results go."""
+
+    out: Path = Field(Path("runs/eval"), description="output folder (per-item predictions, summary, report)")
+    variants: list[VariantConfig] = Field(min_length=1)
+    benchmarks: list[BenchmarkConfig] = Field(min_length=1)
+    data_root: Path | None = Field(
+        None, description="where benchmark names resolve (default $MDKIF_DATA_ROOT)"
+    )
+    shard_size: int = Field(25, ge=1, description="items per shard (the unit of work and of resuming)")
+    num_workers: int = Field(2, ge=1, description="Ray actors; each loads a model once and takes many shards")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    use_ray: bool = Field(True, description="false: score in this process (debugging, fast tests)")
+    bootstrap_resamples: int = Field(1000, ge=100)
+    seed: int = Field(0, description="bootstrap seed")
+
+    @model_validator(mode="after")
+    def _unique_and_fewshot(self) -> EvalConfig:
+        names = [v.name for v in self.variants]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"variant names must be unique; repeated: {', '.join(dupes)}")
+        needs_shots = [v.name for v in self.variants if v.scoring.shots > 0]
+        missing = [b.name or b.source for b in self.benchmarks if b.fewshot is None]
+        if needs_shots and missing:
+            raise ValueError(
+                f"variants {needs_shots} use k-shot prompts but benchmarks {missing} have no `fewshot` source"
+            )
+        return self

@@ -1,0 +1,288 @@
+"""Run an evaluation matrix: load benchmarks, plan shards, score them (Ray actors or in-process), report.
+
+Output layout under `out/`:
+
+    config.json                          the resolved config of the run
+    <variant>/<benchmark>/meta.json      what the shards were computed with (resume guard)
+    <variant>/<benchmark>/shard-0000.jsonl   per-item predictions, one file per finished shard
+    <variant>/<benchmark>/predictions.jsonl  all shards, in item order
+    summary.json  report.md  accuracy.png
+
+A shard file is written atomically (temp file + rename) by the driver once its rows are back, so a
+crash leaves only whole shards; a re-run skips every shard file that exists. `meta.json` pins the
+variant's settings, the item ids and the shard size: resuming into a folder made with other settings
+is refused rather than silently mixing results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mdkif.data.mcq import load_benchmark
+from mdkif.data.records import MCQRecord
+from mdkif.evaluation.config import BenchmarkConfig, EvalConfig, VariantConfig
+from mdkif.evaluation.fewshot import load_shots
+from mdkif.evaluation.report import build_summary, write_reports
+from mdkif.evaluation.worker import EvalError, ShardTask, ShardWorker, import_factory
+
+
+@dataclass
+class Column:
+    """One benchmark column of the report: its items, the config entry, and what shots must avoid.
+
+    `unseen` is every item of the evaluated source, before any `limit`: k-shot examples are kept
+    disjoint from the whole evaluated split, not just from the items this run happens to score.
+    """
+
+    bench: BenchmarkConfig
+    records: list[MCQRecord]
+    unseen: list[MCQRecord]
+
+
+Columns = dict[str, Column]
+
+
+def _group(bench: BenchmarkConfig, records: list[MCQRecord]) -> dict[str, list[MCQRecord]]:
+    grouped: dict[str, list[MCQRecord]] = {}
+    for r in records:
+        grouped.setdefault(bench.name or r.benchmark, []).append(r)
+    return grouped
+
+
+def load_columns(cfg: EvalConfig, limit: int | None = None) -> Columns:
+    """Benchmark column name -> its records; a MIRAGE file gives one column per source it holds."""
+    columns: Columns = {}
+    for bench in cfg.benchmarks:
+
+        def load(n: int | None, bench: BenchmarkConfig = bench) -> list[MCQRecord]:
+            return load_benchmark(
+                bench.source, split=bench.split, limit=n, with_context=bench.with_context, root=cfg.data_root
+            )
+
+        records = load(limit or bench.limit)
+        if not records:
+            raise EvalError(f"benchmark {bench.source!r} (split {bench.split}) has no items")
+        full = _group(bench, load(None)) if bench.fewshot is not None else {}
+        for name, items in _group(bench, records).items():
+            if name in columns:
+                raise EvalError(f"two benchmark entries both produce column {name!r}; give one a `name:`")
+            ids = [r.id for r in items]
+            if len(set(ids)) != len(ids):
+                raise EvalError(f"benchmark column {name!r} holds duplicate item ids")
+            columns[name] = Column(bench, items, full.get(name, items))
+    return columns
+
+
+def shard_path(out: Path, variant: str, benchmark: str, index: int) -> Path:
+    return out / variant / benchmark / f"shard-{index:04d}.jsonl"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temp file in the same folder and a rename (all or nothing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _guard_resume(folder: Path, meta: dict[str, Any]) -> None:
+    """Refuse to reuse shards computed with other settings or items; record the settings otherwise."""
+    path = folder / "meta.json"
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != meta:
+            changed = sorted(k for k in meta if old.get(k) != meta[k])
+            raise EvalError(
+                f"{folder} holds shards computed with different {', '.join(changed)}; "
+                "use another --out or delete that folder"
+            )
+        return
+    write_atomic(path, json.dumps(meta, indent=2) + "\n")
+
+
+def plan(cfg: EvalConfig, columns: Columns) -> tuple[list[ShardTask], int]:
+    """Every shard still to score (finished ones skipped), grouped by model; and the skipped count."""
+    tasks: list[ShardTask] = []
+    skipped = 0
+    for variant in cfg.variants:
+        for column, col in columns.items():
+            bench, records = col.bench, col.records
+            shots = (
+                load_shots(
+                    bench.fewshot, col.unseen, variant.scoring.shots, benchmark=column, root=cfg.data_root
+                )
+                if bench.fewshot is not None and variant.scoring.shots
+                else []
+            )
+            meta = {
+                "variant": variant.fingerprint(),
+                "items": hashlib.sha1("\n".join(r.id for r in records).encode()).hexdigest()[:16],
+                "shard_size": cfg.shard_size,
+                "shots": [s.id for s in shots],
+            }
+            _guard_resume(cfg.out / variant.name / column, meta)
+            for index, start in enumerate(range(0, len(records), cfg.shard_size)):
+                if shard_path(cfg.out, variant.name, column, index).exists():
+                    skipped += 1
+                    continue
+                tasks.append(
+                    ShardTask(variant, column, index, records[start : start + cfg.shard_size], shots)
+                )
+    # Variants sharing a model run next to each other, so a worker rarely swaps models.
+    tasks.sort(key=lambda t: t.variant.model_key())
+    return tasks, skipped
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="eval items", unit="q", disable=not enabled, dynamic_ncols=True)
+
+
+def run_in_process(tasks: list[ShardTask], on_done: Callable[[ShardTask, list[dict]], None]) -> ShardWorker:
+    """Score every task here, with one worker (debugging, tests)."""
+    worker = ShardWorker()
+    for task in tasks:
+        on_done(task, worker.score(task))
+    return worker
+
+
+def run_on_ray(
+    cfg: EvalConfig, tasks: list[ShardTask], on_done: Callable[[ShardTask, list[dict]], None]
+) -> None:
+    """Score tasks on `num_workers` Ray actors; each loads a model once and pulls shards until none are left.
+
+    A free actor takes the next shard for the model it already holds when there is one, else the next
+    shard in the queue.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    env = {k: os.environ[k] for k in ("MDKIF_CACHE", "MDKIF_DATA_ROOT", "HF_HOME") if k in os.environ}
+    actor_cls = ray.remote(ShardWorker).options(
+        num_cpus=cfg.cpus_per_worker,
+        num_gpus=cfg.gpus_per_worker,
+        runtime_env={"env_vars": env} if env else None,
+    )
+    actors = [actor_cls.remote() for _ in range(min(cfg.num_workers, len(tasks)))]
+    holding: dict[int, str | None] = dict.fromkeys(range(len(actors)))
+    queue = deque(tasks)
+    pending: dict[Any, tuple[ShardTask, int]] = {}
+
+    def submit(slot: int) -> None:
+        if not queue:
+            return
+        task = next((t for t in queue if t.variant.model_key() == holding[slot]), queue[0])
+        queue.remove(task)
+        holding[slot] = task.variant.model_key()
+        pending[actors[slot].score.remote(task)] = (task, slot)
+
+    try:
+        for slot in range(len(actors)):
+            submit(slot)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            task, slot = pending.pop(done[0])
+            on_done(task, ray.get(done[0]))
+            submit(slot)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def collect(cfg: EvalConfig, columns: Columns) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Merge each variant x benchmark's shards into predictions.jsonl and return all rows."""
+    predictions = {}
+    for variant in cfg.variants:
+        for column, col in columns.items():
+            records = col.records
+            n_shards = -(-len(records) // cfg.shard_size)
+            rows = []
+            for index in range(n_shards):
+                path = shard_path(cfg.out, variant.name, column, index)
+                if not path.exists():
+                    raise EvalError(f"shard {path} is missing after the run")
+                rows.extend(read_jsonl(path))
+            if [r["id"] for r in rows] != [r.id for r in records]:
+                raise EvalError(f"{variant.name}/{column}: shard rows do not match the benchmark items")
+            write_atomic(cfg.out / variant.name / column / "predictions.jsonl", _jsonl(rows))
+            predictions[(variant.name, column)] = rows
+    return predictions
+
+
+def _check_factories(variants: Iterable[VariantConfig]) -> None:
+    # Fail on the driver, before any actor starts, when a RAG variant's factory does not exist.
+    for v in variants:
+        if v.retriever is not None:
+            import_factory(v.retriever.factory)
+
+
+def run_eval(cfg: EvalConfig, *, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the whole matrix described by `cfg` and write every output; returns the summary dict."""
+    _check_factories(cfg.variants)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(cfg.out / "config.json", cfg.model_dump_json(indent=2) + "\n")
+    columns = load_columns(cfg, limit)
+    tasks, skipped = plan(cfg, columns)
+    bar = _progress(sum(len(t.records) for t in tasks), progress)
+
+    def on_done(task: ShardTask, rows: list[dict]) -> None:
+        write_atomic(shard_path(cfg.out, task.variant.name, task.benchmark, task.index), _jsonl(rows))
+        bar.update(len(rows))
+
+    try:
+        if tasks and cfg.use_ray:
+            run_on_ray(cfg, tasks, on_done)
+        elif tasks:
+            run_in_process(tasks, on_done)
+    finally:
+        bar.close()
+    predictions = collect(cfg, columns)
+    summary = build_summary(
+        predictions,
+        [v.name for v in cfg.variants],
+        list(columns),
+        resamples=cfg.bootstrap_resamples,
+        seed=cfg.seed,
+        extra={
+            "methods": {v.name: _describe(v) for v in cfg.variants},
+            "shards": {"computed": len(tasks), "reused": skipped},
+        },
+    )
+    write_reports(summary, cfg.out)
+    return summary
+
+
+def _describe(v: VariantConfig) -> str:
+    """A one-line description of a variant for the report."""
+    s = v.scoring
+    parts = [v.model.name, s.method + (f"/{s.target}" if s.method in ("loglik", "voc") else "")]
+    if s.shots:
+        parts.append(f"{s.shots}-shot")
+    if v.adapter:
+        parts.append(f"adapter={v.adapter}")
+    if v.retriever:
+        parts.append(f"RAG k={v.retriever.k} ({v.retriever.index})")
+    return ", ".join(parts)

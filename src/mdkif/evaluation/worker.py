@@ -1,0 +1,126 @@
+"""What runs on a worker: load a variant (model, adapter, retriever) once, then score shard after shard.
+
+`ShardWorker` is a plain class: the in-process runner uses it directly and the Ray runner wraps it as an
+actor, so both paths run the very same code. It keeps one model loaded (keyed by model + adapter) and
+reuses it for every variant sharing it, e.g. `base` and `base+rag`; a different model replaces it, which
+bounds a worker's memory to one model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mdkif.data.records import MCQRecord
+from mdkif.evaluation.config import RetrieverConfig, VariantConfig
+from mdkif.evaluation.scorers import score_records
+from mdkif.rag.types import Retriever
+
+
+class EvalError(RuntimeError):
+    """An evaluation run cannot go on; the message says what to change."""
+
+
+@dataclass
+class ShardTask:
+    """One unit of work: score these records with this variant, writing to this shard path."""
+
+    variant: VariantConfig
+    benchmark: str
+    index: int
+    records: list[MCQRecord]
+    shots: list[MCQRecord] = field(default_factory=list)
+
+
+def import_factory(spec: str) -> Callable[..., Any]:
+    """Resolve 'package.module:name[.attr]' to the callable, with a message naming what is missing."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise EvalError(f"retriever factory {spec!r}: expected 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EvalError(f"retriever factory {spec!r}: cannot import {module_name}: {exc}") from exc
+    fn: Any = module
+    for part in attr.split("."):  # 'ChromaRetriever.open' names a classmethod
+        fn = getattr(fn, part, None)
+    if not callable(fn):
+        raise EvalError(
+            f"retriever factory {spec!r}: {module_name} has no function {attr!r} "
+            "(RAG variants need the RAG index package; see mdkif.rag)"
+        )
+    return fn
+
+
+def build_retriever(cfg: RetrieverConfig) -> Retriever:
+    """Open the retriever a variant names, and check it speaks the Retriever protocol."""
+    retriever = import_factory(cfg.factory)(cfg.index, **cfg.options)
+    if not isinstance(retriever, Retriever):
+        raise EvalError(
+            f"retriever factory {cfg.factory!r} returned {type(retriever).__name__}, not a Retriever"
+        )
+    return retriever
+
+
+def load_variant_model(variant: VariantConfig) -> tuple[Any, Any]:
+    """The variant's base model with its peft adapter applied (LoRA or AdaLoRA), in eval mode."""
+    from mdkif.models import load_model
+
+    loaded = load_model(variant.model)
+    model = loaded.model
+    if variant.adapter is not None:
+        from peft import PeftModel
+
+        if not variant.adapter.is_dir():
+            raise EvalError(f"variant {variant.name}: adapter directory {variant.adapter} not found")
+        model = PeftModel.from_pretrained(model, str(variant.adapter))
+        model.eval()
+    return model, loaded.tokenizer
+
+
+class ShardWorker:
+    """Scores shards; loads each model (and retriever) once and keeps it for the following shards."""
+
+    def __init__(self) -> None:
+        self._model_key: str | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._retrievers: dict[str, Retriever] = {}
+        self.model_loads = 0
+        self.shards_scored = 0
+
+    def current_model_key(self) -> str | None:
+        return self._model_key
+
+    def _ensure_model(self, variant: VariantConfig) -> None:
+        key = variant.model_key()
+        if key != self._model_key:
+            self._model = self._tokenizer = None  # free the old model before loading the next one
+            self._model, self._tokenizer = load_variant_model(variant)
+            self._model_key = key
+            self.model_loads += 1
+
+    def _retriever(self, cfg: RetrieverConfig | None) -> Retriever | None:
+        if cfg is None:
+            return None
+        key = cfg.model_dump_json()
+        if key not in self._retrievers:
+            self._retrievers[key] = build_retriever(cfg)
+        return self._retrievers[key]
+
+    def score(self, task: ShardTask) -> list[dict[str, Any]]:
+        """Prediction rows for one shard."""
+        self._ensure_model(task.variant)
+        rows = score_records(
+            self._model,
+            self._tokenizer,
+            task.records,
+            task.variant.scoring,
+            shots=task.shots,
+            retriever=self._retriever(task.variant.retriever),
+            retriever_cfg=task.variant.retriever,
+        )
+        self.shards_scored += 1
+        return rows
