@@ -14,7 +14,7 @@ def test_headqa_train_and_mmlu_dev_become_mcqa_records(shared_data):
     first = records[0]
     assert first.skill == "mcqa" and first.output == "Answer: C"
     assert first.input == (
-        "The excitatory postsynaptic potentials:\n\n"
+        "Question: The excitatory postsynaptic potentials:\nOptions:\n"
         "A. They are all or nothing.\nB. They are hyperpolarizing.\nC. They can be added.\n"
         "D. They spread long distances.\nE. They present a refractory period."
     )

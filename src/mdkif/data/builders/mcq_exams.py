@@ -34,10 +34,9 @@ INSTRUCTIONS = (
 
 
 def mcq_input(item: MCQRecord) -> str:
-    """The question followed by one `X. option` line per option."""
-    lines = [item.question.strip(), ""]
-    lines += [f"{key}. {text}" for key, text in item.options.items()]
-    return "\n".join(lines)
+    """`Question: ...` then `Options:` and one `X. option` line each: the layout the evaluation renders."""
+    options = "\n".join(f"{key}. {text}" for key, text in item.options.items())
+    return f"Question: {item.question.strip()}\nOptions:\n{options}"
 
 
 def build(ctx: BuildContext) -> Iterator[SkillRecord]:
