@@ -27,9 +27,12 @@ def _register() -> None:
     from mdkif.data.commands import app as data_app
     from mdkif.evaluation.commands import eval_command
     from mdkif.models.commands import app as models_app
+    from mdkif.routing.commands import route, tune
 
     app.add_typer(data_app, name="data", help="Build and inspect unified skill data and benchmarks.")
     app.add_typer(models_app, name="models", help="Load and check base models.")
+    app.command("route")(route)
+    app.command("tune")(tune)
     app.command("eval")(eval_command)
 
 

@@ -1,0 +1,230 @@
+"""The fused forward: a frozen base whose adapted linears add `sum_i w_i * dW_i`, stacked or merged.
+
+Stacked mode keeps, per layer, one down-projection `[sum r_i, in]` (rows `E_i * A_i`) and one
+up-projection `[out, sum r_i]` (columns `s_i * B_i`). A forward is `W x + up((down x) * g)` where `g`
+repeats each skill's weight over that skill's rank slots, so the weights enter at run time: the router's
+gradient reaches its logits, CMA-ES swaps candidates without touching any tensor, and a batch may carry
+one weight vector per example. This is exactly `sum_i w_i s_i B_i (E_i * (A_i x))`: the weight multiplies
+the whole rank-r_i product of one skill, never A and B separately.
+
+Merged mode folds `sum_i w_i dW_i` into `W` once (serving one task at the base model's speed) and can
+be undone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mdkif.fusion.bank import FusionError, LayerDelta, SkillBank
+
+_BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def layer_group(module: str) -> str:
+    """The per-layer routing unit of a module: its transformer block (`layers.<i>`), else the module itself."""
+    m = _BLOCK.search(module)
+    return f"layers.{m.group(1)}" if m else module
+
+
+class FusionState:
+    """The weights every fused layer reads: canonical shape [L, K], or [B, L, K] with one row per example."""
+
+    def __init__(self, num_layers: int, num_skills: int) -> None:
+        self.num_layers, self.num_skills = num_layers, num_skills
+        self.weights: torch.Tensor = torch.zeros(num_layers, num_skills)
+        self.enabled = True
+
+    def set(self, weights: torch.Tensor, per_example: bool = False) -> None:
+        """Accept [K] or [L, K] (one task), or with `per_example` [B, K] or [B, L, K] (a mixed batch)."""
+        w = torch.as_tensor(weights)
+        L, K = self.num_layers, self.num_skills
+        if w.shape[-1] != K:
+            raise FusionError(f"weights have {w.shape[-1]} skills, the bank has {K}")
+        if per_example:
+            if w.dim() == 2:
+                w = w[:, None, :].expand(w.shape[0], L, K)
+            elif w.dim() != 3 or w.shape[1] != L:
+                raise FusionError(
+                    f"per-example weights must be [B, {K}] or [B, {L}, {K}], got {tuple(w.shape)}"
+                )
+        elif w.dim() == 1:
+            w = w.expand(L, K)
+        elif w.shape != (L, K):
+            raise FusionError(f"weights must be [{K}] or [{L}, {K}], got {tuple(w.shape)}")
+        self.weights = w
+
+    def for_layer(self, index: int) -> torch.Tensor:
+        return self.weights[..., index, :]
+
+
+class FusedLinear(nn.Module):
+    """A frozen `nn.Linear` plus K skills' stacked low-rank factors, weighted at run time."""
+
+    def __init__(
+        self, base: nn.Linear, deltas: list[LayerDelta | None], group: int, state: FusionState
+    ) -> None:
+        super().__init__()
+        self.base = base
+        self.group = group
+        self.state = state
+        dev, dtype = base.weight.device, base.weight.dtype
+        downs, ups, seg = [], [], []
+        for i, d in enumerate(deltas):
+            if d is None:
+                continue
+            if d.A.shape[1] != base.in_features or d.B.shape[0] != base.out_features:
+                raise FusionError(
+                    f"skill {i}: factors {tuple(d.B.shape)}x{tuple(d.A.shape)} do not fit "
+                    f"Linear({base.in_features}, {base.out_features})"
+                )
+            downs.append(d.A * d.E[:, None])
+            ups.append(d.B * d.scale)
+            seg += [i] * d.rank
+        self.register_buffer(
+            "down",
+            torch.cat(downs).to(dev, dtype)
+            if downs
+            else torch.zeros(0, base.in_features, device=dev, dtype=dtype),
+        )
+        self.register_buffer(
+            "up",
+            torch.cat(ups, 1).to(dev, dtype)
+            if ups
+            else torch.zeros(base.out_features, 0, device=dev, dtype=dtype),
+        )
+        self.register_buffer("segment", torch.tensor(seg, dtype=torch.long, device=dev))
+        self.merged_weights: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.segment.numel())
+
+    def delta(self, weights: torch.Tensor) -> torch.Tensor:
+        """Dense `sum_i w_i dW_i` for one weight vector [K] (what merging adds to the base weight)."""
+        g = weights.to(self.down)[self.segment]
+        return self.up @ (self.down * g[:, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged_weights is not None or not self.state.enabled or self.rank == 0:
+            return y
+        w = self.state.for_layer(self.group).to(x.dtype)
+        g = w[..., self.segment]  # [R] or [B, R]
+        if g.dim() == 2:
+            g = g.view(g.shape[0], *([1] * (x.dim() - 2)), g.shape[1])
+        return y + F.linear(F.linear(x, self.down) * g, self.up)
+
+    @torch.no_grad()
+    def merge(self, weights: torch.Tensor) -> None:
+        if self.merged_weights is not None:
+            raise FusionError("layer already merged; unmerge first")
+        self.base.weight.add_(self.delta(weights))
+        self.merged_weights = weights.detach().clone()
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged_weights is not None:
+            self.base.weight.sub_(self.delta(self.merged_weights))
+            self.merged_weights = None
+
+
+class FusedModel(nn.Module):
+    """A causal LM with a skill bank fused into its linears; everything but the routing weights is frozen.
+
+    `set_weights` picks the mixture for the next forwards (stacked mode); `merge` folds one mixture into
+    the base weights (merged mode) and `unmerge` restores them. `num_layers` is the number of per-layer
+    routing units (transformer blocks).
+    """
+
+    def __init__(self, model: nn.Module, bank: SkillBank) -> None:
+        super().__init__()
+        self.model = model
+        self.bank = bank
+        modules = bank.modules()
+        present = {name for name, _ in model.named_modules()}
+        missing = [m for m in modules if m not in present]
+        if missing:
+            raise FusionError(
+                f"the base model has no module(s) {missing[:3]}: were these skills trained on it?"
+            )
+        order = [name for name, _ in model.named_modules() if name in set(modules)]
+        self.groups: list[str] = list(dict.fromkeys(layer_group(m) for m in order))
+        self.state = FusionState(len(self.groups), len(bank))
+        self.layers: dict[str, FusedLinear] = {}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for name in order:
+            base = model.get_submodule(name)
+            if not isinstance(base, nn.Linear):
+                raise FusionError(f"module {name!r} is {type(base).__name__}, only nn.Linear can be fused")
+            deltas = [s.layers.get(name) for s in bank.skills]
+            fused = FusedLinear(base, deltas, self.groups.index(layer_group(name)), self.state)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, fused)
+            self.layers[name] = fused
+
+    @property
+    def num_skills(self) -> int:
+        return len(self.bank)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.groups)
+
+    @property
+    def merged(self) -> bool:
+        return any(layer.merged_weights is not None for layer in self.layers.values())
+
+    def set_weights(self, weights: torch.Tensor, per_example: bool = False) -> None:
+        """Use `weights` ([K], [L, K]; with per_example [B, K] or [B, L, K]) for the following forwards."""
+        if self.merged:
+            raise FusionError("the model is merged: unmerge before switching to stacked weights")
+        self.state.set(weights, per_example)
+
+    @torch.no_grad()
+    def merge(self, weights: torch.Tensor) -> None:
+        """Fold `sum_i w_i dW_i` ([K] or [L, K]) into the base weights; forwards then cost what the base costs."""
+        w = torch.as_tensor(weights, dtype=torch.float32)
+        self.state.set(w)
+        full = self.state.weights
+        for layer in self.layers.values():
+            layer.merge(full[layer.group])
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        for layer in self.layers.values():
+            layer.unmerge()
+
+    @contextmanager
+    def adapters_off(self) -> Iterator[None]:
+        """The plain base model inside the block (stacked mode only), e.g. for the gate's prompt features."""
+        if self.merged:
+            raise FusionError("cannot switch adapters off while merged")
+        self.state.enabled = False
+        try:
+            yield
+        finally:
+            self.state.enabled = True
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def unfuse(self) -> nn.Module:
+        """Put the original linears back (unmerging first) and return the plain base model."""
+        self.unmerge()
+        for name, layer in self.layers.items():
+            parent, _, child = name.rpartition(".")
+            setattr(self.model.get_submodule(parent) if parent else self.model, child, layer.base)
+        self.layers = {}
+        return self.model
+
+
+def fuse(model: nn.Module, bank: SkillBank) -> FusedModel:
+    """Wrap `model`'s adapted linears with the bank's stacked factors (in place) and return the fused model."""
+    return FusedModel(model, bank)

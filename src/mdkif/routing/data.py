@@ -1,0 +1,126 @@
+"""Task data for fitting a router: prompt/target pairs, tokenised with the loss on the target tokens only.
+
+The masking is the skills stage's: the prompt is context, only the answer tokens are scored. A
+multiple-choice item becomes a prompt listing its options and ending in `Answer:`, with target ` X`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mdkif.data.records import MCQRecord, format_prompt
+
+
+@dataclass(frozen=True)
+class TaskExample:
+    """One example of the downstream task: the model reads `prompt` and should continue with `target`."""
+
+    prompt: str
+    target: str
+
+
+@dataclass
+class Batch:
+    """Right-padded token ids, attention mask, labels (-100 outside the target) and prompt mask."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    prompt_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def select(self, idx: torch.Tensor | list[int]) -> Batch:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return Batch(self.input_ids[idx], self.attention_mask[idx], self.labels[idx], self.prompt_mask[idx])
+
+
+def mcq_example(record: MCQRecord) -> TaskExample:
+    """An MCQ item as a prompt ending in 'Answer:' and the target ' <key>' (the evaluation's letter protocol)."""
+    options = "\n".join(f"{k}. {v}" for k, v in record.options.items())
+    keys = ", ".join(record.options)
+    body = f"{record.context.strip()}\n\n" if record.context else ""
+    body += f"Question: {record.question.strip()}\nOptions:\n{options}"
+    prompt = format_prompt(f"Answer the medical multiple-choice question with one of: {keys}.", body)
+    return TaskExample(prompt + "Answer:", f" {record.answer}")
+
+
+def load_examples(
+    source: str, split: str | None = None, limit: int | None = None, root: str | None = None
+) -> list[TaskExample]:
+    """A JSONL of {prompt, target} rows, or any benchmark `load_benchmark` reads (as MCQ examples)."""
+    path = Path(source)
+    if path.suffix == ".jsonl" and path.is_file():
+        first = json.loads(path.read_text().splitlines()[0])
+        if "prompt" in first and "target" in first:
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            return [TaskExample(r["prompt"], r["target"]) for r in rows][:limit]
+    from mdkif.data.mcq import load_benchmark
+
+    kwargs: dict[str, Any] = {"split": split, "limit": limit}
+    if root is not None:
+        kwargs["root"] = root
+    return [mcq_example(r) for r in load_benchmark(source, **kwargs)]
+
+
+def split_examples(
+    examples: list[TaskExample], k: int, n_val: int, seed: int = 0
+) -> tuple[list[TaskExample], list[TaskExample]]:
+    """A seeded draw of `k` fitting examples and up to `n_val` disjoint validation examples.
+
+    Validation items come from the far end of the shuffled order, so they stay the same whatever `k` is
+    (a search over k then compares like with like).
+    """
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_val = min(n_val, len(order) - k)
+    if n_val < 1:
+        raise ValueError(f"k={k} needs more than {len(order)} task examples (some must stay for validation)")
+    train = [examples[i] for i in order[:k]]
+    val = [examples[i] for i in order[len(order) - n_val :]]
+    return train, val
+
+
+def encode(tokenizer: Any, examples: list[TaskExample], max_length: int = 512) -> Batch:
+    """Tokenise prompt+target per example (prompt cut from the left if too long), right-pad, mask the prompt."""
+    seqs, n_prompt = [], []
+    for ex in examples:
+        p = tokenizer(ex.prompt, add_special_tokens=True)["input_ids"]
+        t = tokenizer(ex.target, add_special_tokens=False)["input_ids"]
+        if not t:
+            raise ValueError(f"target {ex.target!r} tokenises to nothing")
+        p = p[-max(1, max_length - len(t)) :]
+        seqs.append(p + t)
+        n_prompt.append(len(p))
+    width = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    pmask = torch.zeros_like(ids)
+    for i, (s, n) in enumerate(zip(seqs, n_prompt, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+        labels[i, n : len(s)] = torch.tensor(s[n:])
+        pmask[i, :n] = 1
+    return Batch(ids, att, labels, pmask)
+
+
+def answer_loss(model: Any, batch: Batch, per_example: bool = False) -> torch.Tensor:
+    """Mean causal-LM cross-entropy over the target tokens (per example with `per_example`)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logits, labels = logits[:, :-1].float(), batch.labels[:, 1:]
+    tok = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(labels.shape)
+    mask = (labels != -100).float()
+    if per_example:
+        return (tok * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return (tok * mask).sum() / mask.sum().clamp(min=1)

@@ -1,0 +1,110 @@
+"""Fit a router end to end from a `RouteConfig`: load base + skills, fit on k examples, score, save."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from mdkif.fusion import FusedModel, SkillBank, fuse
+from mdkif.routing.config import RouteConfig
+from mdkif.routing.data import encode, load_examples, split_examples
+from mdkif.routing.fit import fit_cmaes, fit_gate, fit_gradient, task_loss
+from mdkif.routing.router import GateRouter, SkillRouter, save_router
+
+
+def build_fused(cfg: RouteConfig) -> tuple[FusedModel, Any, SkillBank]:
+    """The base model with the configured skills fused in (stacked mode), its tokenizer and the bank."""
+    from mdkif.models import load_model
+
+    bank = SkillBank.from_dir(cfg.skills.root, cfg.skills.names)
+    loaded = load_model(cfg.model)
+    return fuse(loaded.model, bank), loaded.tokenizer, bank
+
+
+def fit_router(
+    cfg: RouteConfig, fused: FusedModel, train, seed: int | None = None
+) -> tuple[torch.nn.Module, Any]:
+    """Build the configured router and fit it on the encoded `train` batch; returns (router, FitResult)."""
+    seed = cfg.task.seed if seed is None else seed
+    torch.manual_seed(seed)
+    r, reg = cfg.router, cfg.regularizer
+    K, L = fused.num_skills, fused.num_layers
+    if cfg.method == "gate":
+        hidden = fused.model.config.hidden_size
+        router: torch.nn.Module = GateRouter(hidden, K, L, r.per_layer, r.temperature)
+        res = fit_gate(
+            fused,
+            router,
+            train,
+            steps=cfg.gradient.steps,
+            lr=cfg.gradient.lr,
+            batch_size=cfg.gradient.batch_size,
+            reg=reg.kind,
+            strength=reg.strength,
+            seed=seed,
+        )
+        return router, res
+    router = SkillRouter(K, L, r.per_layer, r.temperature, r.normalize)
+    if cfg.method == "gradient":
+        res = fit_gradient(
+            fused,
+            router,
+            train,
+            steps=cfg.gradient.steps,
+            lr=cfg.gradient.lr,
+            batch_size=cfg.gradient.batch_size,
+            reg=reg.kind,
+            strength=reg.strength,
+            seed=seed,
+        )
+    else:
+        c = cfg.cmaes
+        res = fit_cmaes(
+            fused,
+            router,
+            train,
+            max_evals=c.max_evals,
+            popsize=c.popsize,
+            sigma0=c.sigma0,
+            reg=reg.kind,
+            strength=reg.strength,
+            seed=seed,
+        )
+    return router, res
+
+
+def run_route(cfg: RouteConfig, save: bool = True) -> dict[str, Any]:
+    """Fit the router `cfg` describes, score it on held-out examples against base and uniform, save it."""
+    start = time.perf_counter()
+    fused, tok, bank = build_fused(cfg)
+    t = cfg.task
+    examples = load_examples(t.source, t.split, t.limit, t.data_root)
+    train_ex, val_ex = split_examples(examples, t.k, t.n_val, t.seed)
+    train, val = encode(tok, train_ex, t.max_length), encode(tok, val_ex, t.max_length)
+    router, res = fit_router(cfg, fused, train)
+    uniform = torch.full((len(bank),), 1.0 / len(bank))
+    summary: dict[str, Any] = {
+        "method": cfg.method,
+        "task": t.source,
+        "k": t.k,
+        "n_val": len(val_ex),
+        "seed": t.seed,
+        "fit_loss": res.final_loss,
+        "evaluations": res.evaluations,
+        "val_loss": task_loss(fused, router, val),
+        "val_loss_base": task_loss(fused, None, val),
+        "val_loss_uniform": task_loss(fused, uniform, val),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    if save:
+        settings = cfg.model_dump(
+            mode="json", include={"router", "regularizer", "gradient", "cmaes", "model"}
+        )
+        path = save_router(router, bank, fused, cfg.output, {"fit": summary, "settings": settings})
+        summary["artifact"] = str(path)
+    if isinstance(router, SkillRouter):
+        with torch.no_grad():
+            summary["weights"] = router().tolist()
+    return summary

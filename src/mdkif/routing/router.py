@@ -1,0 +1,151 @@
+"""Routers: where the skill weights come from.
+
+- `SkillRouter`: one weight vector per task, global [K] or per layer [L, K]; `softmax(logits / T)`
+  (a convex mixture) or `linear` (free weights, LoraHub's parameterisation, for an L1 penalty to sparsify).
+- `GateRouter`: input-conditioned (MoE-like): a small MLP on the prompt's pooled base hidden state gives
+  one weight vector per example, so a mixed batch routes every item on its own.
+
+A router artifact is `router.json` (skills, their digests, the skills manifest digest, the weights and
+how they were fitted) plus `router.safetensors` (the parameters). Weights are read in the bank's order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mdkif.fusion import FusedModel, FusionError, SkillBank
+
+Normalize = Literal["softmax", "linear"]
+
+
+class SkillRouter(nn.Module):
+    """Task-level routing weights from learnable logits: [K] (global) or [L, K] (per layer)."""
+
+    def __init__(
+        self,
+        num_skills: int,
+        num_layers: int = 1,
+        per_layer: bool = False,
+        temperature: float = 1.0,
+        normalize: Normalize = "softmax",
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        shape = (num_layers, num_skills) if per_layer else (num_skills,)
+        init = torch.zeros(shape) if normalize == "softmax" else torch.full(shape, 1.0 / num_skills)
+        self.logits = nn.Parameter(init)
+        self.per_layer, self.temperature, self.normalize = per_layer, float(temperature), normalize
+
+    def forward(self) -> torch.Tensor:
+        if self.normalize == "softmax":
+            return torch.softmax(self.logits / self.temperature, dim=-1)
+        return self.logits
+
+    def weights_from(self, params: torch.Tensor) -> torch.Tensor:
+        """Weights for a flat parameter vector (a CMA-ES candidate), without touching `self.logits`."""
+        p = torch.as_tensor(params, dtype=torch.float32).view_as(self.logits)
+        return torch.softmax(p / self.temperature, -1) if self.normalize == "softmax" else p
+
+
+class GateRouter(nn.Module):
+    """Input-conditioned weights: MLP(pooled prompt hidden state) -> softmax over skills ([B, K] or [B, L, K])."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_skills: int,
+        num_layers: int = 1,
+        per_layer: bool = False,
+        temperature: float = 1.0,
+        width: int = 64,
+    ) -> None:
+        super().__init__()
+        out = num_skills * (num_layers if per_layer else 1)
+        self.net = nn.Sequential(
+            nn.LayerNorm(hidden_size), nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, out)
+        )
+        nn.init.zeros_(self.net[-1].weight)  # start from the uniform mixture
+        nn.init.zeros_(self.net[-1].bias)
+        self.shape = (num_layers, num_skills) if per_layer else (num_skills,)
+        self.per_layer, self.temperature, self.width = per_layer, float(temperature), width
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        logits = self.net(pooled).view(pooled.shape[0], *self.shape)
+        return torch.softmax(logits / self.temperature, -1)
+
+
+def pooled_prompt_state(
+    fused: FusedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean of the base model's last hidden state over the prompt tokens (adapters off): the gate's input."""
+    mask = (prompt_mask if prompt_mask is not None else attention_mask).float()
+    with fused.adapters_off():
+        out = fused.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    h = out.hidden_states[-1]
+    return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+
+
+def save_router(
+    router: nn.Module, bank: SkillBank, fused: FusedModel, out_dir: str | Path, meta: dict[str, Any]
+) -> Path:
+    """Write `router.json` + `router.safetensors` into `out_dir`; returns the json path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    kind = "gate" if isinstance(router, GateRouter) else "static"
+    info: dict[str, Any] = {
+        "format": "mdkif-router/1",
+        "kind": kind,
+        "skills": bank.names,
+        "skill_digests": bank.digests,
+        "skills_manifest_digest": bank.manifest_digest,
+        "skills_base_model": bank.base_model,
+        "layer_groups": fused.groups,
+        "per_layer": router.per_layer,
+        "temperature": router.temperature,
+        **meta,
+    }
+    if kind == "static":
+        info["normalize"] = router.normalize
+        with torch.no_grad():
+            info["weights"] = router().tolist()
+    else:
+        info["hidden_size"] = router.net[0].normalized_shape[0]
+        info["width"] = router.width
+    save_file(
+        {k: v.detach().contiguous() for k, v in router.state_dict().items()}, str(out / "router.safetensors")
+    )
+    path = out / "router.json"
+    path.write_text(json.dumps(info, indent=2) + "\n")
+    return path
+
+
+def load_router(path: str | Path, bank: SkillBank | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a router from its artifact folder (or its router.json); checks the bank's skills match."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    info = json.loads((folder / "router.json").read_text())
+    if bank is not None:
+        if bank.names != info["skills"]:
+            raise FusionError(
+                f"{folder}: router was fitted on skills {info['skills']}, bank has {bank.names}"
+            )
+        changed = [n for n, d in bank.digests.items() if info["skill_digests"].get(n) != d]
+        if changed:
+            raise FusionError(f"{folder}: skill adapter(s) {changed} changed since the router was fitted")
+    K, L = len(info["skills"]), len(info["layer_groups"])
+    if info["kind"] == "static":
+        router: nn.Module = SkillRouter(K, L, info["per_layer"], info["temperature"], info["normalize"])
+    else:
+        router = GateRouter(info["hidden_size"], K, L, info["per_layer"], info["temperature"], info["width"])
+    router.load_state_dict(load_file(str(folder / "router.safetensors")))
+    return router, info

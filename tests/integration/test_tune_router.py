@@ -1,0 +1,46 @@
+"""`mdkif tune` with the CMA-ES searcher: a small router search on local Ray whose best trial beats its first."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mdkif.fusion.synthetic import make_synthetic_skills
+
+
+@pytest.fixture()
+def no_ray_leak():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def test_tune_router_search_with_cmaes_improves(tmp_path, no_ray_leak):
+    from typer.testing import CliRunner
+
+    from mdkif.cli import app
+
+    skills = make_synthetic_skills(tmp_path / "skills", tasks=("triage_yes", "triage_no"), steps=20)
+    base = tmp_path / "route.yaml"
+    base.write_text(
+        f"model: {{name: tiny}}\nskills: {{root: {skills}}}\n"
+        f"task: {{source: {skills / 'tasks' / 'triage_yes.jsonl'}, k: 8, n_val: 12}}\n"
+        "method: gradient\ngradient: {steps: 4, batch_size: 8}\n"
+    )
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text(
+        f"kind: router\nbase: {base}\nnum_samples: 6\nnum_cpus: 2\ncpus_per_trial: 1\n"
+        "searcher: {name: cmaes, popsize: 3, sigma0: 0.3, seed: 0}\n"
+        "space:\n  gradient.lr: {type: loguniform, low: 0.001, high: 1.0}\n"
+        "  router.temperature: {type: loguniform, low: 0.1, high: 10.0}\n"
+        f"output: {tmp_path / 'out'}\n"
+    )
+    result = CliRunner().invoke(app, ["tune", str(cfg)])
+    assert result.exit_code == 0, result.output
+    best = json.loads((tmp_path / "out" / "best.json").read_text())
+    assert best["trials"] == 6 and best["errors"] == 0
+    assert best["best"] < best["first"], best
+    assert (tmp_path / "out" / "results.csv").read_text().count("\n") == 7
