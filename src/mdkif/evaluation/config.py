@@ -87,12 +87,34 @@ class RetrieverConfig(StrictModel):
     )
 
 
+class RouterRef(StrictModel):
+    """Skills fused into the base for a variant: a fitted router artifact, or fixed weights per skill.
+
+    The mixture is merged into the base weights once per worker (exact `sum_i w_i dW_i`), so a routed
+    variant scores at the base model's speed. Fixed `weights` give the comparison rows of the unseen-task
+    protocol: uniform mixture, or one-hot for the best single skill.
+    """
+
+    adapters: Path = Field(
+        description="folder of trained skill adapters, ADAPTERS/<skill>/ (skills stage output)"
+    )
+    path: Path | None = Field(None, description="router artifact folder (router.json + router.safetensors)")
+    weights: dict[str, float] | None = Field(None, description="fixed skill weights instead of a router")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RouterRef:
+        if (self.path is None) == (self.weights is None):
+            raise ValueError("give exactly one of 'path' (a fitted router) or 'weights' (fixed mixture)")
+        return self
+
+
 class VariantConfig(StrictModel):
     """One thing we compare: a base model, optionally an adapter and a retriever, and a way of answering."""
 
     name: str = Field(pattern=SLUG, description="row label and output folder name")
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: Path | None = Field(None, description="a peft adapter directory (LoRA or AdaLoRA)")
+    router: RouterRef | None = Field(None, description="skills + router fused into the base (SA-MDKIF)")
     retriever: RetrieverConfig | None = None
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
 
@@ -102,7 +124,8 @@ class VariantConfig(StrictModel):
 
     def model_key(self) -> str:
         """Variants sharing this key share one loaded model inside a worker."""
-        blob = json.dumps([self.model.model_dump(mode="json"), str(self.adapter)], sort_keys=True)
+        router = self.router.model_dump(mode="json") if self.router else None
+        blob = json.dumps([self.model.model_dump(mode="json"), str(self.adapter), router], sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 

@@ -9,6 +9,7 @@ bounds a worker's memory to one model.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +78,41 @@ def load_variant_model(variant: VariantConfig) -> tuple[Any, Any]:
             raise EvalError(f"variant {variant.name}: adapter directory {variant.adapter} not found")
         model = PeftModel.from_pretrained(model, str(variant.adapter))
         model.eval()
+    if variant.router is not None:
+        model = fuse_router(model, variant)
     return model, loaded.tokenizer
+
+
+def fuse_router(model: Any, variant: VariantConfig) -> Any:
+    """Merge the variant's skill mixture into `model` once; returns the (same) model, now routed."""
+    import torch
+
+    from mdkif.fusion import FusionError, SkillBank, fuse
+    from mdkif.routing.router import load_router
+
+    ref = variant.router
+    try:
+        if ref.path is not None:
+            info = json.loads((ref.path / "router.json").read_text()) if ref.path.is_dir() else None
+            if info is None:
+                raise EvalError(f"variant {variant.name}: router artifact {ref.path} not found")
+            bank = SkillBank.from_dir(ref.adapters, info["skills"])
+            router, info = load_router(ref.path, bank)
+            if info["kind"] != "static":
+                raise EvalError(
+                    f"variant {variant.name}: router {ref.path} is input-conditioned (a gate); the harness "
+                    "merges one mixture per variant, so evaluate static routers here and serve gates"
+                )
+            with torch.no_grad():
+                weights = router()
+        else:
+            bank = SkillBank.from_dir(ref.adapters, list(ref.weights))
+            weights = torch.tensor([ref.weights[n] for n in bank.names], dtype=torch.float32)
+        fused = fuse(model, bank)
+        fused.merge(weights)
+    except FusionError as exc:
+        raise EvalError(f"variant {variant.name}: {exc}") from exc
+    return fused.model
 
 
 class ShardWorker:

@@ -1,0 +1,76 @@
+"""Routed variants: the harness merges a skill mixture (router artifact or fixed weights) into the base."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+
+from mdkif.config import ConfigError, validate
+from mdkif.evaluation.config import VariantConfig
+from mdkif.evaluation.worker import EvalError, load_variant_model
+from mdkif.fusion import SkillBank, fuse
+from mdkif.fusion.synthetic import make_synthetic_skills
+from mdkif.models import ModelConfig, load_model
+from mdkif.routing.router import GateRouter, SkillRouter, save_router
+
+
+@pytest.fixture(scope="module")
+def skills(tmp_path_factory):
+    return make_synthetic_skills(
+        tmp_path_factory.mktemp("skills"), tasks=("triage_yes", "triage_no"), steps=6
+    )
+
+
+def logits(model, tokenizer):
+    ids = tokenizer("Finding: fever and neck stiffness. Urgent?", return_tensors="pt")
+    with torch.no_grad():
+        return model(**ids).logits
+
+
+def variant(**router):
+    return validate(VariantConfig, {"name": "routed", "model": {"name": "tiny"}, "router": router}, "test")
+
+
+def test_one_hot_weights_equal_that_skill_alone(skills):
+    model, tok = load_variant_model(
+        variant(adapters=str(skills), weights={"triage_yes": 1.0, "triage_no": 0.0})
+    )
+    base = load_model(ModelConfig(name="tiny"))
+    alone = PeftModel.from_pretrained(base.model, str(skills / "triage_yes")).eval()
+    assert torch.allclose(logits(model, tok), logits(alone, tok), atol=1e-5)
+
+
+def test_router_artifact_is_merged_with_its_weights(skills, tmp_path):
+    loaded = load_model(ModelConfig(name="tiny"))
+    bank = SkillBank.from_dir(skills, ["triage_yes", "triage_no"])
+    fused = fuse(loaded.model, bank)
+    router = SkillRouter(2, fused.num_layers, False, 1.0, "softmax")
+    with torch.no_grad():
+        router.logits.copy_(torch.tensor([0.3, -0.2]))
+        weights = router()
+    save_router(router, bank, fused, tmp_path / "router", {})
+    routed, tok = load_variant_model(variant(adapters=str(skills), path=str(tmp_path / "router")))
+    reference = load_variant_model(
+        variant(adapters=str(skills), weights=dict(zip(bank.names, weights.tolist(), strict=True)))
+    )[0]
+    assert torch.allclose(logits(routed, tok), logits(reference, tok), atol=1e-6)
+    # A different mixture changes the outputs: the router is really applied.
+    other = load_variant_model(variant(adapters=str(skills), weights={"triage_yes": 0.0, "triage_no": 1.0}))[
+        0
+    ]
+    assert not torch.allclose(logits(routed, tok), logits(other, tok), atol=1e-4)
+
+
+def test_gate_router_and_bad_refs_are_clear_errors(skills, tmp_path):
+    loaded = load_model(ModelConfig(name="tiny"))
+    bank = SkillBank.from_dir(skills, ["triage_yes", "triage_no"])
+    fused = fuse(loaded.model, bank)
+    gate = GateRouter(loaded.model.config.hidden_size, 2, fused.num_layers, False, 1.0, 16)
+    save_router(gate, bank, fused, tmp_path / "gate", {})
+    with pytest.raises(EvalError, match="input-conditioned"):
+        load_variant_model(variant(adapters=str(skills), path=str(tmp_path / "gate")))
+    with pytest.raises(EvalError, match="router artifact .* not found"):
+        load_variant_model(variant(adapters=str(skills), path=str(tmp_path / "nope")))
+    with pytest.raises(ConfigError, match="exactly one of 'path'"):
+        variant(adapters=str(skills))
