@@ -27,6 +27,7 @@ def _register() -> None:
     from mdkif.data.commands import app as data_app
     from mdkif.evaluation.commands import eval_command
     from mdkif.models.commands import app as models_app
+    from mdkif.rag.commands import app as rag_app
     from mdkif.routing.commands import route, tune
 
     app.add_typer(data_app, name="data", help="Build and inspect unified skill data and benchmarks.")
@@ -34,6 +35,7 @@ def _register() -> None:
     app.command("route")(route)
     app.command("tune")(tune)
     app.command("eval")(eval_command)
+    app.add_typer(rag_app, name="rag", help="Build the Chroma RAG index and query it.")
 
 
 _register()
