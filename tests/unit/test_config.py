@@ -78,3 +78,11 @@ def test_bad_override_syntax():
         apply_overrides({}, ["steps"])
     with pytest.raises(ConfigError, match="is not a mapping"):
         apply_overrides({"steps": 3}, ["steps.x=1"])
+
+
+def test_override_indexes_into_lists():
+    data = {"corpora": [{"kind": "a"}, {"kind": "b"}]}
+    apply_overrides(data, ["corpora.1.max_docs=5", "corpora.0=x"])
+    assert data == {"corpora": ["x", {"kind": "b", "max_docs": 5}]}
+    with pytest.raises(ConfigError, match="'2' is not an index of a 2-item list"):
+        apply_overrides(data, ["corpora.2.kind=c"])

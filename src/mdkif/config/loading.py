@@ -43,6 +43,8 @@ def apply_overrides(
 ) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides to a nested dict in place; values are parsed as YAML scalars/lists.
 
+    A numeric part indexes a list: `corpora.0.max_docs=100` sets the first corpus's cap.
+
     `value` goes through `yaml.safe_load`, so `lr=1e-4` is a float, `skills=[qa,ner]` a list and
     `name=null` a None. Intermediate mappings are created as needed.
     """
@@ -57,17 +59,37 @@ def apply_overrides(
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        node = data
+        node: Any = data
         parts = key.split(".")
         for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"{origin}override {item!r}: {part!r} is not a mapping")
-            node = child
-        node[parts[-1]] = value
+            node = _child(node, part, item, origin)
+        _assign(node, parts[-1], value, item, origin)
     return data
+
+
+def _index(node: list, part: str, item: str, origin: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"{origin}override {item!r}: {part!r} is not an index of a {len(node)}-item list")
+    return int(part)
+
+
+def _child(node: Any, part: str, item: str, origin: str) -> Any:
+    """Step into `node[part]`: a mapping key (created when missing) or, for a list, an index."""
+    if isinstance(node, list):
+        return node[_index(node, part, item, origin)]
+    child = node.get(part)
+    if child is None:
+        child = node[part] = {}
+    if not isinstance(child, dict | list):
+        raise ConfigError(f"{origin}override {item!r}: {part!r} is not a mapping")
+    return child
+
+
+def _assign(node: Any, part: str, value: Any, item: str, origin: str) -> None:
+    if isinstance(node, list):
+        node[_index(node, part, item, origin)] = value
+    else:
+        node[part] = value
 
 
 def format_validation_error(exc: ValidationError, origin: str) -> str:
