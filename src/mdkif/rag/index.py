@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from mdkif.rag.chunking import Chunk, chunk_documents
 from mdkif.rag.config import EmbedderConfig, RagIndexConfig
@@ -101,8 +102,11 @@ def embed_with_ray(cfg: RagIndexConfig, chunks: list[Chunk]) -> Iterator[tuple[l
 def embed_locally(cfg: RagIndexConfig, chunks: list[Chunk]) -> Iterator[tuple[list[str], np.ndarray]]:
     """The single-process path: same batches as the Ray path, one model in this process."""
     embedder = Embedder(cfg.embedder)
-    for start in range(0, len(chunks), cfg.write_batch_size):
-        part = chunks[start : start + cfg.write_batch_size]
+    # Write every `ray_batch_size` chunks rather than every `write_batch_size`: the progress bar moves
+    # and an interrupted build loses at most one small batch of embedding work.
+    step = min(cfg.write_batch_size, cfg.ray_batch_size)
+    for start in range(0, len(chunks), step):
+        part = chunks[start : start + step]
         yield [c.id for c in part], embedder.embed([c.text for c in part])
 
 
@@ -140,6 +144,7 @@ def build_index(cfg: RagIndexConfig, progress: bool = False) -> BuildReport:
 
     embed_start = time.perf_counter()
     added = 0
+    bar = tqdm(total=len(todo), desc="embed + write", unit=" chunks", disable=not progress or not todo)
     if todo:
         batches = embed_with_ray(cfg, todo) if cfg.use_ray else embed_locally(cfg, todo)
         for ids, vectors in batches:
@@ -152,9 +157,8 @@ def build_index(cfg: RagIndexConfig, progress: bool = False) -> BuildReport:
                 metadatas=[c.metadata for c in part],
             )
             added += len(ids)
-            if progress:
-                rate = added / (time.perf_counter() - embed_start)
-                print(f"  wrote {added}/{len(todo)} chunks ({rate:.1f} chunks/s)", flush=True)
+            bar.update(len(ids))
+    bar.close()
     embed_seconds = time.perf_counter() - embed_start
 
     if cfg.bm25:
