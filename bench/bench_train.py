@@ -1,0 +1,348 @@
+"""Benchmark the skill trainer: Ray Train loop vs a plain peft loop, and 12 skills in parallel vs in turn.
+
+    MDKIF_CACHE=/tmp/mdkif-cache .venv/bin/python bench/bench_train.py            # both parts
+    .venv/bin/python bench/bench_train.py --part overhead --steps 8                # one part
+
+Part 1 (overhead): the same AdaLoRA training (model, data, batch, steps) three ways in one run:
+  plain  - a minimal single-process peft loop written here (forward with labels, backward, step,
+           update_and_allocate, zero_grad): the reference;
+  direct - mdkif's `train_loop_per_worker` called in this process (no Ray);
+  ray    - the same function inside a 1-worker `TorchTrainer`.
+Throughput is training tokens (non-pad) per step: the median over steps of tokens per wall-second and
+per CPU-second (this machine is shared, so wall-clock is noisy and CPU time is the steadier figure), the
+first step left out; the variants alternate over `--rounds`. The Ray figure also gets the measured time
+of `ray.train.report` per step and the end-to-end `fit()` wall-clock, which includes start-up.
+Part 2 (parallel): the 12 demo skills on the same CPUs: one trainer whose 2 workers share the skills
+(parallel) vs one trainer with 1 worker taking them one after another (sequential), plus the measured
+cost of starting one trainer, times 12, for the "one trainer per skill" design we did not take.
+Results: bench/results/train.json and bench/results/train.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+
+def plain_peft_loop(model_name: str, skill: str, steps: int, batch: int, max_length: int) -> dict:
+    """The reference: the textbook peft AdaLoRA loop, no mdkif loop code (only its data encoding)."""
+    from peft import AdaLoraConfig, get_peft_model
+
+    from mdkif.models import load_model
+    from mdkif.skills.data import MicroBatchStream, collate
+    from mdkif.skills.datasets import job_examples
+
+    loaded = load_model(name=model_name)
+    job = {
+        "data": {"kind": "skill", "dir": "pkg:assets/demo_skills", "skills": [skill]},
+        "optim": {"max_length": max_length},
+    }
+    train, _, _ = job_examples(job, loaded.tokenizer)
+    cfg = AdaLoraConfig(
+        init_r=8,
+        target_r=4,
+        lora_alpha=16,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        total_step=steps,
+        tinit=0,
+        tfinal=1,
+        orth_reg_weight=0.1,
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(0)
+    model = get_peft_model(loaded.model, cfg)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    stream = MicroBatchStream(train, batch, seed=0)
+    times, cpu, tokens = [], [], []
+    for step in range(steps):
+        b = collate(stream.batch(step), loaded.tokenizer.pad_token_id)
+        t0, c0 = time.perf_counter(), time.process_time()
+        loss = model(**b).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        model.base_model.update_and_allocate(step)
+        opt.zero_grad()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        tokens.append(int(b["attention_mask"].sum()))
+    return {"step_seconds": times, "step_cpu_seconds": cpu, "tokens": tokens}
+
+
+def mdkif_job(out: Path, model_name: str, skill: str, steps: int, batch: int, max_length: int) -> dict:
+    from mdkif.skills.config import AdapterConfig, OptimConfig
+
+    return {
+        "name": skill,
+        "model": {"name": model_name},
+        "adapter": AdapterConfig(r=8, target_r=4, orth_reg_weight=0.1).model_dump(),
+        "optim": OptimConfig(max_steps=steps, batch_size=batch, max_length=max_length, lr=3e-3).model_dump(),
+        "data": {"kind": "skill", "dir": "pkg:assets/demo_skills", "skills": [skill]},
+        "out_dir": str(out / skill),
+        "ckpt_dir": str(out / ".checkpoints" / skill),
+        "checkpoint_every": 10_000,  # the final checkpoint only: measure the loop, not the disk
+        "seed": 0,
+        "job_key": "bench",
+    }
+
+
+def rates(steps: list[dict]) -> dict:
+    """Median per-step tokens/s by wall-clock and by CPU time; step 1 (one-off allocations) is left out.
+
+    Medians and CPU time, because this machine is shared: other jobs stretch some steps' wall-clock.
+    """
+    steps = steps[1:]
+    return {
+        "tokens_per_s": statistics.median(s["tokens"] / s["step_seconds"] for s in steps),
+        "tokens_per_cpu_s": statistics.median(s["tokens"] / s["step_cpu_seconds"] for s in steps),
+        "steps": len(steps),
+    }
+
+
+def as_steps(run: dict) -> list[dict]:
+    return [
+        {"tokens": t, "step_seconds": w, "step_cpu_seconds": c}
+        for t, w, c in zip(run["tokens"], run["step_seconds"], run["step_cpu_seconds"], strict=True)
+    ]
+
+
+def part_overhead(args: argparse.Namespace, work: Path) -> dict:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from mdkif.skills.loop import train_loop_per_worker
+
+    runs: dict[str, list[dict]] = {"plain": [], "direct": [], "ray": []}
+    extra: dict = {"ray_fit_wall_seconds": [], "ray_report_seconds_per_step": []}
+    for rnd in range(args.rounds):  # alternate the variants so slow phases of the machine hit all of them
+        plain = plain_peft_loop(args.model, args.skill, args.steps, args.batch, args.max_length)
+        runs["plain"] += as_steps(plain)[1:] if rnd else as_steps(plain)
+
+        seen: list[dict] = []
+        job = mdkif_job(
+            work / f"direct{rnd}", args.model, args.skill, args.steps, args.batch, args.max_length
+        )
+        train_loop_per_worker({"job": job, "report": seen.append})
+        runs["direct"] += seen[1:] if rnd else seen
+
+        ray.init(include_dashboard=True, num_cpus=args.cpus, log_to_driver=False)
+        try:
+            job = mdkif_job(
+                work / f"ray{rnd}", args.model, args.skill, args.steps, args.batch, args.max_length
+            )
+            t0 = time.perf_counter()
+            TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config={"job": job},
+                scaling_config=ray.train.ScalingConfig(
+                    num_workers=1, resources_per_worker={"CPU": args.cpus}
+                ),
+                run_config=ray.train.RunConfig(
+                    name=f"bench-overhead-{rnd}", storage_path=str(work / "ray-storage")
+                ),
+            ).fit()
+            extra["ray_fit_wall_seconds"].append(time.perf_counter() - t0)
+        finally:
+            ray.shutdown()
+        meta = json.loads((work / f"ray{rnd}" / args.skill / "metrics.json").read_text())
+        runs["ray"] += meta["history"][1:] if rnd else meta["history"]
+        extra["ray_report_seconds_per_step"].append(meta["report_seconds_this_attempt"] / meta["steps"])
+        extra.setdefault("ray_compute_seconds", []).append(meta["compute_seconds_this_attempt"])
+
+    rows = {name: rates(steps) for name, steps in runs.items()}
+    for r in rows.values():
+        r["overhead_vs_plain_pct"] = (
+            100.0 * (rows["plain"]["tokens_per_s"] - r["tokens_per_s"]) / rows["plain"]["tokens_per_s"]
+        )
+        r["cpu_overhead_vs_plain_pct"] = (
+            100.0
+            * (rows["plain"]["tokens_per_cpu_s"] - r["tokens_per_cpu_s"])
+            / rows["plain"]["tokens_per_cpu_s"]
+        )
+    step_s = statistics.median(s["step_seconds"] for s in runs["ray"])
+    report_s = statistics.median(extra["ray_report_seconds_per_step"])
+    rows["ray"]["report_seconds_per_step"] = report_s
+    rows["ray"]["report_share_of_step_pct"] = 100.0 * report_s / (step_s + report_s)
+    rows["ray"]["fit_wall_seconds"] = extra["ray_fit_wall_seconds"]
+    rows["ray"]["startup_and_teardown_seconds"] = [
+        w - c for w, c in zip(extra["ray_fit_wall_seconds"], extra["ray_compute_seconds"], strict=True)
+    ]
+    return rows
+
+
+def part_parallel(args: argparse.Namespace, work: Path) -> dict:
+    import ray
+
+    from mdkif.skills.commands import load_stage
+    from mdkif.skills.runner import run_skills
+
+    def once(tag: str, workers: int, cpus_per_worker: float) -> dict:
+        out = work / tag
+        cfg = load_stage(
+            REPO / "train" / "skills_demo.yaml",
+            [
+                f"output_dir={out}",
+                f"model.name={args.parallel_model}",
+                f"optim.max_steps={args.parallel_steps}",
+                f"optim.max_length={args.max_length}",
+                f"ray.num_workers={workers}",
+                f"ray.cpus_per_worker={cpus_per_worker}",
+                "checkpoint_every=1000",
+            ],
+        )
+        t0 = time.perf_counter()
+        manifest = run_skills(cfg)
+        wall = time.perf_counter() - t0
+        trained = [m for m in manifest["skills"].values() if m.get("status") == "trained"]
+        return {
+            "workers": workers,
+            "cpus_per_worker": cpus_per_worker,
+            "wall_seconds": wall,
+            "skills": len(trained),
+        }
+
+    ray.init(include_dashboard=True, num_cpus=args.cpus, log_to_driver=False)
+    try:
+        parallel = once("parallel", args.cpus, 1.0)
+        sequential = once("sequential", 1, float(args.cpus))
+        # Start-up of one trainer: fit a 1-step skill; its wall minus its compute is the fixed cost.
+        out = work / "startup"
+        cfg = load_stage(
+            REPO / "train" / "skills_demo.yaml",
+            [
+                f"output_dir={out}",
+                "model.name=tiny",
+                "optim.max_steps=1",
+                "skills=[qa]",
+                "ray.num_workers=1",
+                f"ray.cpus_per_worker={args.cpus}",
+            ],
+        )
+        t0 = time.perf_counter()
+        run_skills(cfg)
+        startup = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    return {
+        "parallel": parallel,
+        "sequential": sequential,
+        "model": args.parallel_model,
+        "steps_per_skill": args.parallel_steps,
+        "cpus": args.cpus,
+        "speedup": sequential["wall_seconds"] / parallel["wall_seconds"],
+        "one_trainer_fit_seconds": startup,
+        "estimated_12_trainers_startup_seconds": 12 * startup,
+    }
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    lines = [
+        "# Skill training benchmark",
+        "",
+        f"Machine: {result['machine']}; torch threads {result['torch_threads']}.",
+        "",
+    ]
+    if "overhead" in result:
+        o = result["overhead"]
+        s = result["settings"]
+        lines += [
+            f"## Ray loop vs plain peft loop ({s['model']}, skill {s['skill']}, {s['steps']} steps, batch {s['batch']} x <= {s['max_length']} tokens)",
+            "",
+            "| loop | tokens/s (wall, median step) | vs plain | tokens per CPU-second | vs plain |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name in ("plain", "direct", "ray"):
+            r = o[name]
+            lines.append(
+                f"| {name} | {r['tokens_per_s']:.0f} | {0.0 - r['overhead_vs_plain_pct'] + 0.0:+.1f}% "
+                f"| {r['tokens_per_cpu_s']:.0f} | {0.0 - r['cpu_overhead_vs_plain_pct'] + 0.0:+.1f}% |"
+            )
+        fits = ", ".join(f"{w:.0f}" for w in o["ray"]["fit_wall_seconds"])
+        starts = ", ".join(f"{w:.0f}" for w in o["ray"]["startup_and_teardown_seconds"])
+        lines += [
+            "",
+            f"Ray per-step cost measured inside the loop: `ray.train.report` takes "
+            f"{1000 * o['ray']['report_seconds_per_step']:.1f} ms a step "
+            f"({o['ray']['report_share_of_step_pct']:.2f}% of a step).",
+            f"Ray `fit()` wall-clock per round: {fits} s; of it start-up/teardown (not training): {starts} s.",
+            "",
+        ]
+    if result.get("note"):
+        lines += [f"Note: {result['note']}", ""]
+    if "parallel" in result:
+        p = result["parallel"]
+        lines += [
+            f"## 12 demo skills, same {p['cpus']} CPUs ({p['model']}, {p['steps_per_skill']} steps each)",
+            "",
+            "| schedule | wall-clock (s) |",
+            "| --- | ---: |",
+            f"| parallel: one trainer, {p['parallel']['workers']} workers share the skills | {p['parallel']['wall_seconds']:.1f} |",
+            f"| sequential: one trainer, 1 worker, skills one after another | {p['sequential']['wall_seconds']:.1f} |",
+            f"| (estimate) one trainer per skill, in turn: 12 x {p['one_trainer_fit_seconds']:.1f} s start-up alone | {p['estimated_12_trainers_startup_seconds']:.0f} |",
+            "",
+            f"Speed-up parallel vs sequential: {p['speedup']:.2f}x.",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", choices=["overhead", "parallel", "all"], default="all")
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="model for the overhead part")
+    ap.add_argument("--skill", default="qa")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of plain/direct/ray")
+    ap.add_argument("--batch", type=int, default=3)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--parallel-model", default="tiny")
+    ap.add_argument("--parallel-steps", type=int, default=6)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--note", default="", help="free text stored with the results (e.g. other load on the machine)"
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(args.cpus)
+    os.environ.setdefault("MDKIF_CACHE", str(Path.home() / ".cache" / "mdkif"))
+    work = Path(tempfile.mkdtemp(prefix="mdkif-bench-train-"))
+    result: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "torch_threads": torch.get_num_threads(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "note": args.note,
+    }
+    try:
+        if args.part in ("overhead", "all"):
+            result["overhead"] = part_overhead(args, work)
+        if args.part in ("parallel", "all"):
+            result["parallel"] = part_parallel(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "train.json"
+    if args.part != "all" and path.is_file():  # one part re-run: keep the other part's last figures
+        previous = json.loads(path.read_text())
+        previous.update({k: v for k, v in result.items() if k != "settings"})
+        previous.setdefault("settings", {}).update(result["settings"])
+        result = previous
+    path.write_text(json.dumps(result, indent=2))
+    write_markdown(result, args.out / "train.md")
+    print((args.out / "train.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

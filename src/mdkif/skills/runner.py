@@ -1,0 +1,380 @@
+"""Run a stage: plan its jobs, schedule them on Ray Train (or in this process), and write what it made.
+
+Skills: one `TorchTrainer.fit()` costs ~25-30 s of start-up before its first step, so the small skills do not
+get a trainer each. They are spread over the workers of ONE trainer (longest first onto the least loaded
+worker), and each worker trains its share one after another. A skill marked `workers: N > 1` gets its own
+trainer of N data-parallel workers. Several trainers run at once, each `fit()` launched from a Ray task
+(Ray 2.60's Train v2 refuses a trainer inside a Tuner). Finished skills (same data and settings) are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from mdkif.skills.config import CommonStage, CptStage, PipelineStage, SftStage, SkillsStage, resolve_path
+from mdkif.skills.data import records_hash, total_steps
+from mdkif.skills.loop import METRICS, finished, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "skills.json"
+
+
+def _key(job: dict[str, Any], data_hash: str) -> str:
+    """What makes two runs the same: model, adapter, optimiser, data and seed (not paths or fault tests)."""
+    blob = json.dumps(
+        [job["model"], job["adapter"], job["optim"], job["seed"], job.get("deepspeed"), data_hash],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _base_job(cfg: CommonStage, name: str, out_dir: Path) -> dict[str, Any]:
+    out_dir = Path(out_dir).resolve()
+    return {
+        "name": name,
+        "model": cfg.model.model_dump(mode="json"),
+        "adapter": cfg.adapter.model_dump(mode="json"),
+        "optim": cfg.optim.model_dump(mode="json"),
+        "out_dir": str(out_dir),
+        "ckpt_dir": str(out_dir.parent / ".checkpoints" / out_dir.name),
+        "checkpoint_every": cfg.checkpoint_every,
+        "seed": cfg.seed,
+        "deepspeed": cfg.deepspeed.model_dump() if cfg.deepspeed else None,
+        "fault": cfg.fault.model_dump(mode="json") if cfg.fault else None,
+    }
+
+
+def skill_jobs(cfg: SkillsStage) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """One job per skill with data, its planned step count and key; and the skills left out, with why."""
+    from mdkif.skills.datasets import skill_records
+
+    out = Path(cfg.output_dir)
+    jobs, left_out = [], {}
+    for skill, spec in cfg.skill_specs().items():
+        job = _base_job(cfg, skill, out / skill)
+        job["optim"].update({k: v for k, v in (("max_steps", spec.max_steps), ("epochs", spec.epochs)) if v})
+        job["data"] = {
+            "kind": "skill",
+            "dir": str(resolve_path(cfg.data_dir).resolve()),
+            "skills": [skill],
+            "max_train": cfg.max_train_records,
+            "max_val": cfg.max_val_records,
+            "sample_seed": cfg.seed,
+        }
+        train, val = skill_records(job["data"])
+        if not train:
+            left_out[skill] = "no training records"
+            continue
+        o = job["optim"]
+        job["workers"] = spec.workers
+        job["total_steps"] = total_steps(
+            len(train), o["batch_size"], o["grad_accum"], spec.workers, o["epochs"], o["max_steps"]
+        )
+        job["job_key"] = _key(job, records_hash(train + val))
+        jobs.append(job)
+    return jobs, left_out
+
+
+def assign(jobs: list[dict[str, Any]], workers: int) -> list[list[dict[str, Any]]]:
+    """Longest-processing-time-first: each job (cost = planned steps) goes to the least loaded worker."""
+    bins: list[list[dict[str, Any]]] = [[] for _ in range(min(workers, len(jobs)))]
+    load = [0] * len(bins)
+    for job in sorted(
+        jobs, key=lambda j: -j["total_steps"] * j["optim"]["batch_size"] * j["optim"]["grad_accum"]
+    ):
+        i = load.index(min(load))
+        bins[i].append(job)
+        load[i] += job["total_steps"] * job["optim"]["batch_size"] * job["optim"]["grad_accum"]
+    return bins
+
+
+def _fit(loop_config: dict[str, Any], num_workers: int, cfg: CommonStage, name: str) -> None:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    storage = Path(cfg.ray.storage_path or Path(cfg.output_dir) / ".ray").resolve()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=cfg.ray.use_gpu,
+            resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
+        ),
+    )
+    trainer.fit()
+
+
+def run_trainers(plans: list[tuple[dict[str, Any], int, str]], cfg: CommonStage) -> None:
+    """Fit each (loop_config, workers, name); one runs in this process, several from parallel Ray tasks."""
+    import ray
+
+    if len(plans) == 1:
+        loop_config, workers, name = plans[0]
+        _fit(loop_config, workers, cfg, name)
+        return
+    # A task that only waits on a trainer still needs a non-zero CPU share to be scheduled.
+    remote_fit = ray.remote(num_cpus=0.01)(_fit)
+    ray.get([remote_fit.remote(lc, n, cfg, name) for lc, n, name in plans])
+
+
+class _RaySession:
+    """Start (or join) Ray for a stage and stop what we started, even when training fails."""
+
+    def __init__(self, cfg: CommonStage):
+        self.cfg, self.started = cfg, False
+
+    def __enter__(self) -> _RaySession:
+        import ray
+
+        if self.cfg.ray.enabled and not ray.is_initialized():
+            ray.init(address=self.cfg.ray.address, include_dashboard=True, log_to_driver=True)
+            self.started = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+
+
+def run_skills(cfg: SkillsStage) -> dict[str, Any]:
+    """Train every skill of `cfg` (skipping finished ones) and write skills.json and loss curves."""
+    start = time.perf_counter()
+    jobs, left_out = skill_jobs(cfg)
+    todo = [j for j in jobs if finished(j) is None]
+    log.info(
+        "%d skills to train, %d already finished, %d without data",
+        len(todo),
+        len(jobs) - len(todo),
+        len(left_out),
+    )
+    plans: list[tuple[dict[str, Any], int, str]] = []
+    if todo:
+        shared = [j for j in todo if j["workers"] == 1]
+        if shared:
+            bins = assign(shared, cfg.ray.num_workers if cfg.ray.enabled else 1)
+            slots = max(sum(j["total_steps"] for j in b) for b in bins)
+            plans.append(({"jobs_by_rank": bins, "report_slots": slots}, len(bins), "skills-shared"))
+        plans += [({"job": j}, j["workers"], f"skill-{j['name']}") for j in todo if j["workers"] > 1]
+        if cfg.ray.enabled:
+            with _RaySession(cfg):
+                run_trainers(plans, cfg)
+        else:
+            for loop_config, _, _ in plans:
+                if "job" in loop_config:
+                    raise ValueError("a skill with workers > 1 needs ray.enabled: true")
+                train_loop_per_worker(loop_config)
+    manifest = write_manifest(cfg, jobs, left_out, plans, time.perf_counter() - start)
+    plot_curves(manifest, Path(cfg.output_dir) / "loss_curves.png")
+    return manifest
+
+
+def write_manifest(
+    cfg: SkillsStage, jobs: list[dict[str, Any]], left_out: dict[str, str], plans: list, seconds: float
+) -> dict[str, Any]:
+    """skills.json: base model, data, and per skill its hash, steps, losses and ranks after allocation."""
+    skills: dict[str, Any] = {}
+    for job in jobs:
+        meta_path = Path(job["out_dir"]) / METRICS
+        if not meta_path.is_file():
+            skills[job["name"]] = {"status": "missing"}
+            continue
+        m = json.loads(meta_path.read_text())
+        skills[job["name"]] = {
+            "status": "trained",
+            "adapter_dir": job["out_dir"],
+            "data_hash": m["data_hash"],
+            "train_examples": m["train_examples"],
+            "steps": m["steps"],
+            "world_size": m["world_size"],
+            "final_train_loss": m["final_train_loss"],
+            "val_loss_before": m["val_loss_before"],
+            "val_loss_after": m["val_loss_after"],
+            "total_rank": m["total_rank"],
+            "ranks": m["ranks"],
+            "resumed_from_step": m["resumed_from_step"],
+            "history": [{"step": h["step"], "loss": h["loss"]} for h in m["history"]],
+        }
+    for skill, why in left_out.items():
+        skills[skill] = {"status": "skipped", "reason": why}
+    manifest = {
+        "base_model": cfg.model.model_dump(mode="json"),
+        "adapter": cfg.adapter.model_dump(mode="json"),
+        "data_dir": str(resolve_path(cfg.data_dir)),
+        "trainers": [{"name": name, "workers": n, "skills": _plan_skills(lc)} for lc, n, name in plans],
+        "wall_seconds": seconds,
+        "skills": skills,
+    }
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _plan_skills(loop_config: dict[str, Any]) -> list[list[str]] | list[str]:
+    if "job" in loop_config:
+        return [loop_config["job"]["name"]]
+    return [[j["name"] for j in b] for b in loop_config["jobs_by_rank"]]
+
+
+def plot_curves(manifest: dict[str, Any], path: Path) -> None:
+    """One panel per trained skill: training loss by step, with validation loss before/after in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trained = {k: v for k, v in manifest["skills"].items() if v.get("status") == "trained"}
+    if not trained:
+        return
+    cols = 4
+    rows = -(-len(trained) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, (skill, m) in zip(axes.flat, trained.items(), strict=False):
+        ax.plot([h["step"] for h in m["history"]], [h["loss"] for h in m["history"]], lw=1.2)
+        before, after = m["val_loss_before"], m["val_loss_after"]
+        val = f"val {before:.2f}->{after:.2f}" if before is not None and after is not None else ""
+        ax.set_title(f"{skill}  {val}", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("train loss", fontsize=8)
+    for ax in list(axes.flat)[len(trained) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# --- single-adapter stages: CPT, SFT, task adaptation, and the pipeline of them ---------------------------
+
+
+def stage_job(
+    cfg: CommonStage, name: str, out_dir: Path, stage: str, corpus: Any = None, data: Any = None
+) -> dict[str, Any]:
+    """The one job of a CPT/SFT/task stage; its key makes a re-run skip it when nothing changed."""
+    from mdkif.data.records import SKILLS
+    from mdkif.skills.datasets import skill_records
+
+    job = _base_job(cfg, name, out_dir)
+    if stage == "cpt":
+        job["data"] = {
+            "kind": "corpus",
+            # absolute: Ray workers do not run in this process's working directory
+            "sources": [{**c.model_dump(mode="json"), "path": str(Path(c.path).resolve())} for c in corpus],
+            "val_fraction": getattr(cfg, "val_fraction", 0.05),
+        }
+        digest = hashlib.sha256(json.dumps(job["data"], sort_keys=True).encode()).hexdigest()[:16]
+    else:
+        job["data"] = {
+            "kind": "skill",
+            "dir": str(resolve_path(data.dir).resolve()),
+            "skills": data.skills or list(SKILLS),
+            "max_train": data.max_records,
+            "max_val": data.max_val_records,
+            "sample_seed": cfg.seed,
+        }
+        train, val = skill_records(job["data"])
+        digest = records_hash(train + val)
+    job["job_key"] = _key(job, digest)
+    return job
+
+
+def _run_single(cfg: CommonStage, job: dict[str, Any]) -> dict[str, Any]:
+    if finished(job) is None:
+        if cfg.ray.enabled:
+            with _RaySession(cfg):
+                run_trainers([({"job": job}, cfg.ray.num_workers, job["name"])], cfg)
+        else:
+            train_loop_per_worker({"job": job})
+    meta = json.loads((Path(job["out_dir"]) / METRICS).read_text())
+    plot_curves(
+        {"skills": {job["name"]: {"status": "trained", **meta}}}, Path(job["out_dir"]) / "loss_curve.png"
+    )
+    return meta
+
+
+def run_stage(cfg: CptStage | SftStage) -> dict[str, Any]:
+    """Train the stage's one adapter into OUTPUT/adapter (peft format) with metrics and a loss curve."""
+    job = stage_job(
+        cfg,
+        cfg.stage,
+        Path(cfg.output_dir) / "adapter",
+        cfg.stage,
+        getattr(cfg, "corpus", None),
+        getattr(cfg, "data", None),
+    )
+    return _run_single(cfg, job)
+
+
+def merge_adapter(base: dict[str, Any], adapter_dir: Path, out_dir: Path) -> Path:
+    """Fold a LoRA adapter into a full-precision copy of its base and save it as a model directory."""
+    from peft import PeftModel
+
+    from mdkif.models import ModelConfig, load_model
+
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    loaded = load_model(ModelConfig(**{**base, "quantization": "none", "device": "cpu", "dtype": "float32"}))
+    merged = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).merge_and_unload()
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    merged.save_pretrained(str(tmp), safe_serialization=True)
+    loaded.tokenizer.save_pretrained(str(tmp))
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def run_pipeline(cfg: PipelineStage) -> dict[str, Any]:
+    """CPT -> SFT -> task adaptation: each step trains an adapter on the previous step's merged model."""
+    out = Path(cfg.output_dir)
+    model = cfg.model.model_dump(mode="json")
+    report: dict[str, Any] = {"base_model": model["name"], "steps": []}
+    for step in cfg.steps:
+        step_cfg = cfg.model_copy(
+            update={
+                "model": cfg.model.model_copy(update={"name": model["name"]}),
+                "adapter": step.adapter or cfg.adapter,
+                "optim": step.optim or cfg.optim,
+            }
+        )
+        job = stage_job(step_cfg, step.name, out / step.name / "adapter", step.stage, step.corpus, step.data)
+        meta = _run_single(step_cfg, job)
+        merged = merge_adapter(model, Path(job["out_dir"]), out / step.name / "merged")
+        report["steps"].append(
+            {
+                "name": step.name,
+                "stage": step.stage,
+                "base": model["name"],
+                "adapter_dir": job["out_dir"],
+                "merged_dir": str(merged),
+                "steps": meta["steps"],
+                "val_loss_before": meta["val_loss_before"],
+                "val_loss_after": meta["val_loss_after"],
+            }
+        )
+        model = {**model, "name": str(merged.resolve()), "gguf_file": None}
+    report["final_model"] = model["name"]
+    (out / "pipeline.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    """Dispatch on the config's `stage`."""
+    if isinstance(cfg, SkillsStage):
+        return run_skills(cfg)
+    if isinstance(cfg, PipelineStage):
+        return run_pipeline(cfg)
+    return run_stage(cfg)
