@@ -29,6 +29,7 @@ def _register() -> None:
     from mdkif.models.commands import app as models_app
     from mdkif.rag.commands import app as rag_app
     from mdkif.routing.commands import route, tune
+    from mdkif.serving.commands import serve as serve_command
     from mdkif.skills.commands import train as train_command
 
     app.add_typer(data_app, name="data", help="Build and inspect unified skill data and benchmarks.")
@@ -40,6 +41,7 @@ def _register() -> None:
     )
     app.command("eval")(eval_command)
     app.add_typer(rag_app, name="rag", help="Build the Chroma RAG index and query it.")
+    app.command("serve")(serve_command)
 
 
 _register()

@@ -1,0 +1,54 @@
+"""The one Serve app builder: `import_path: mdkif.serving.app:build_app` in serve/*.yaml.
+
+    serve run serve/serve_config.yaml          # Ray's CLI
+    mdkif serve serve/serve_config.yaml        # ours: the same file, checked before Ray starts
+
+Serve validates the file's `args:` into :class:`ServeAppConfig` (the annotation below; this module must not
+use `from __future__ import annotations`, or Serve would see a string and skip the validation), then
+`build_app` checks every artifact path and binds Retriever -> RoutedModel -> Ingress.
+"""
+
+import os
+from typing import Any
+
+from ray.serve import Application
+
+from mdkif.config import ConfigError
+from mdkif.serving.config import ServeAppConfig, check_artifacts, load_app_config
+from mdkif.serving.deployments import Ingress, Retriever, RoutedModel
+
+
+def ingress_info(cfg: ServeAppConfig) -> dict[str, Any]:
+    """What the ingress needs to know without loading anything: names, profiles, limits, auth settings."""
+    return {
+        "served_name": cfg.served_name,
+        "profiles": {
+            name: {
+                "source": "router" if p.router else ("weights" if p.weights else "base"),
+                "rag": p.rag,
+                "description": p.description,
+            }
+            for name, p in cfg.profiles.items()
+        },
+        "limits": cfg.limits.model_dump(),
+        "default_temperature": cfg.default_temperature,
+        "api_key_env": cfg.api_key_env,
+        "require_api_key": cfg.require_api_key,
+    }
+
+
+def build_app(args: ServeAppConfig) -> Application:
+    """Validate the config and its artifacts, then compose the three deployments into one application.
+
+    A missing adapter folder, router artifact, index or model path raises :class:`ConfigError` naming the
+    config field and the path, before any deployment starts.
+    """
+    cfg = check_artifacts(load_app_config(args))
+    if cfg.require_api_key and not os.environ.get(cfg.api_key_env or ""):
+        raise ConfigError(f"serve config: field 'require_api_key': ${cfg.api_key_env} is not set")
+    retriever = None
+    if cfg.rag is not None:
+        rag = cfg.rag.model_dump(mode="json")
+        retriever = Retriever.options(**cfg.retriever.options()).bind(rag)
+    model = RoutedModel.options(**cfg.routed_model.options()).bind(cfg.model_dump(mode="json"), retriever)
+    return Ingress.options(**cfg.ingress.options()).bind(model, ingress_info(cfg))

@@ -1,0 +1,439 @@
+"""The routed model without Ray: base model + skill bank + task profiles, batched generation, streaming.
+
+A batch is served one of two ways, chosen per batch:
+
+- **merged**: every request wants the same fixed mixture (one profile with fixed weights or a static
+  router, or the plain base). The profile's merged weights `W + sum_i w_i dW_i` are built once, kept in
+  an LRU of `merged_cache_size` profiles, and swapped in by pointer; the forward then costs what the
+  base model costs.
+- **stacked**: the batch mixes profiles, or uses an input-conditioned gate. The fused layers add the
+  low-rank term with one weight vector per example ([B, L, K]), which is exact and needs one forward
+  for the whole mixed batch (the base model is the all-zero row).
+
+Generation is a manual token loop over a left-padded batch with a KV cache, so each row keeps its own
+max_tokens, temperature/top_p, seed and stop sequences. Greedy rows give the same tokens batched as
+alone. A lock guards the model around every forward, and each forward first re-activates the weights
+its batch needs, so a streaming request (which bypasses batching) may interleave with batches safely.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mdkif.evaluation.prompts import render_passages
+from mdkif.fusion import FusedModel, SkillBank, fuse
+from mdkif.models import load_model
+from mdkif.rag.types import Passage
+from mdkif.routing.router import GateRouter, load_router, pooled_prompt_state
+from mdkif.serving.config import ServeAppConfig
+from mdkif.serving.protocol import APIError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Profile:
+    """A served task profile: fixed weights ([K] or [L, K]) or a gate, and its retrieval settings."""
+
+    name: str | None
+    weights: torch.Tensor | None = None
+    gate: GateRouter | None = None
+    rag: bool = False
+    k: int = 3
+    source: str = "base"  # base | weights | router:static | router:gate
+
+
+@dataclass
+class GenRequest:
+    """One tokenised request, ready for the token loop."""
+
+    prompt_ids: list[int]
+    profile: str | None = None
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Row:
+    req: GenRequest
+    generator: torch.Generator | None
+    out: list[int] = field(default_factory=list)
+    text: str = ""
+    finish: str | None = None
+
+
+class MergedCache:
+    """Per-profile merged weights of every fused layer, LRU-bounded, activated by swapping tensors in."""
+
+    def __init__(self, fused: FusedModel, capacity: int) -> None:
+        self.fused, self.capacity = fused, capacity
+        self.original = {name: layer.base.weight.data for name, layer in fused.layers.items()}
+        self.entries: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self.active: str | None = None  # profile whose merged weights are in the layers; None = original
+        self.builds = self.hits = 0
+
+    @torch.no_grad()
+    def _build(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        L, K = self.fused.num_layers, self.fused.num_skills
+        w = weights.float()
+        w = w.expand(L, K) if w.dim() == 1 else w
+        return {
+            name: self.original[name] + layer.delta(w[layer.group]).to(self.original[name].dtype)
+            for name, layer in self.fused.layers.items()
+        }
+
+    def activate(self, key: str | None, weights: torch.Tensor | None) -> None:
+        """Put profile `key`'s merged weights (None: the base weights) into the layers; adapters off."""
+        self.fused.state.enabled = False
+        if key == self.active:
+            return
+        if key is None:
+            tensors = self.original
+        else:
+            tensors = self.entries.get(key)
+            if tensors is None:
+                assert weights is not None
+                tensors = self.entries[key] = self._build(weights)
+                self.builds += 1
+                while len(self.entries) > self.capacity:
+                    self.entries.popitem(last=False)
+            else:
+                self.hits += 1
+            self.entries.move_to_end(key)
+        for name, layer in self.fused.layers.items():
+            layer.base.weight.data = tensors[name]
+        self.active = key
+
+    def deactivate(self) -> None:
+        """Back to the original base weights with the stacked low-rank path on."""
+        self.activate(None, None)
+        self.fused.state.enabled = True
+
+
+class RoutedEngine:
+    """Loads the base model, skills and profiles once; generates for batches, streams, and routes prompts."""
+
+    def __init__(self, cfg: ServeAppConfig, loaded: Any | None = None, bank: SkillBank | None = None) -> None:
+        self.cfg = cfg
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        loaded = loaded or load_model(cfg.model)
+        self.tokenizer, model = loaded.tokenizer, loaded.model
+        self.device = next(model.parameters()).device
+        if bank is None and cfg.adapters_dir is not None:
+            bank = SkillBank.from_dir(cfg.adapters_dir, cfg.skills or self._router_order(cfg))
+        self.bank = bank
+        self.fused: FusedModel | None = fuse(model, bank) if bank is not None else None
+        self.model = self.fused.model if self.fused is not None else model
+        self.cache = MergedCache(self.fused, cfg.merged_cache_size) if self.fused is not None else None
+        self.profiles: dict[str | None, Profile] = {None: Profile(None)}
+        for name, p in cfg.profiles.items():
+            self.profiles[name] = self._profile(name, p)
+        self.lock = threading.RLock()
+        eos = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.eos_ids = {e for e in eos if e is not None}
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    # ---- profiles -------------------------------------------------------------------------------
+    @staticmethod
+    def _router_order(cfg: ServeAppConfig) -> list[str] | None:
+        # Weights are read in the bank's order, so without an explicit `skills:` list the bank takes the
+        # order the (first) router was fitted with; load_router then checks every other router agrees.
+        for p in cfg.profiles.values():
+            if p.router is not None:
+                return json.loads((Path(p.router) / "router.json").read_text())["skills"]
+        return None
+
+    def _profile(self, name: str, p: Any) -> Profile:
+        if p.router is None and p.weights is None:
+            return Profile(name, rag=p.rag, k=p.k)
+        assert self.bank is not None and self.fused is not None
+        if p.weights is not None:
+            w = torch.tensor([float(p.weights.get(s, 0.0)) for s in self.bank.names])
+            return Profile(name, weights=w, rag=p.rag, k=p.k, source="weights")
+        router, info = load_router(p.router, self.bank)
+        router.eval()
+        if isinstance(router, GateRouter):
+            return Profile(name, gate=router.to(self.device), rag=p.rag, k=p.k, source="router:gate")
+        with torch.no_grad():
+            w = router().detach().float()
+        if w.dim() == 2 and w.shape[0] != self.fused.num_layers:
+            raise APIError(
+                500, f"router {p.router}: {w.shape[0]} layer groups, model has {self.fused.num_layers}"
+            )
+        return Profile(name, weights=w, rag=p.rag, k=p.k, source="router:static")
+
+    def profile(self, name: str | None) -> Profile:
+        return self.profiles[name]
+
+    # ---- prompts --------------------------------------------------------------------------------
+    def render(
+        self,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        prompt: str | None = None,
+        passages: list[Passage] | None = None,
+    ) -> list[int]:
+        """Token ids of a chat (through the chat template) or a raw prompt, with retrieved passages first."""
+        context = (
+            render_passages(passages, self.cfg.rag.passage_chars if self.cfg.rag else 600) if passages else ""
+        )
+        if messages is not None:
+            msgs = [dict(m) for m in messages]
+            if context:
+                last = (
+                    max(i for i, m in enumerate(msgs) if m["role"] == "user")
+                    if any(m["role"] == "user" for m in msgs)
+                    else len(msgs) - 1
+                )
+                msgs[last]["content"] = f"{context}\n\n{msgs[last]['content']}"
+            if self.tokenizer.chat_template:
+                ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+                if isinstance(ids, dict) or hasattr(ids, "keys"):
+                    ids = ids["input_ids"]
+                return list(ids)
+            text = "\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\nassistant:"
+        else:
+            text = f"{context}\n\n{prompt}" if context else (prompt or "")
+        return list(self.tokenizer(text)["input_ids"])
+
+    @staticmethod
+    def question(messages: list[dict[str, str]] | None, prompt: str | None) -> str:
+        """What retrieval searches with: the last user message, else the prompt (the question only)."""
+        if messages is not None:
+            users = [m["content"] for m in messages if m["role"] == "user"]
+            return users[-1] if users else messages[-1]["content"]
+        return prompt or ""
+
+    def check_length(self, ids: list[int], max_tokens: int, param: str = "messages") -> None:
+        """400 when the prompt is over `limits.max_prompt_tokens` or prompt + max_tokens over the context."""
+        limit = self.cfg.limits.max_prompt_tokens
+        if len(ids) > limit:
+            raise APIError(
+                400,
+                f"prompt is {len(ids)} tokens (with the chat template and any retrieved context); "
+                f"the limit is {limit}",
+                param=param,
+                code="context_length_exceeded",
+            )
+        room = getattr(self.model.config, "max_position_embeddings", None)
+        if room is not None and len(ids) + max_tokens > room:
+            raise APIError(
+                400,
+                f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context of {room}",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+
+    # ---- routing weights ------------------------------------------------------------------------
+    @torch.no_grad()
+    def gate_weights(self, profile: Profile, ids: list[int]) -> torch.Tensor:
+        """The gate's weights ([K] or [L, K]) for one prompt, from its unpadded base hidden state."""
+        assert profile.gate is not None and self.fused is not None and self.cache is not None
+        x = torch.tensor([ids], device=self.device)
+        with self.lock:
+            self.cache.deactivate()
+            pooled = pooled_prompt_state(self.fused, x, torch.ones_like(x))
+        return profile.gate(pooled.to(next(profile.gate.parameters()).dtype))[0].float().cpu()
+
+    def weights_for(self, req: GenRequest) -> torch.Tensor | None:
+        """The skill weights a request gets: its profile's fixed ones, the gate's for its prompt, or None."""
+        prof = self.profiles[req.profile]
+        if prof.gate is not None:
+            return self.gate_weights(prof, req.prompt_ids)
+        return prof.weights
+
+    def route(self, profile: str | None, ids: list[int]) -> dict[str, Any]:
+        """What `/v1/route` returns: the skills and the weights this profile gives this prompt."""
+        prof = self.profiles[profile]
+        w = None
+        if prof.gate is not None:
+            w = self.gate_weights(prof, ids)
+        elif prof.weights is not None:
+            w = prof.weights
+        return {
+            "profile": profile,
+            "source": prof.source,
+            "skills": self.bank.names if self.bank is not None else [],
+            "layer_groups": self.fused.groups if self.fused is not None else [],
+            "per_layer": bool(w is not None and w.dim() == 2),
+            "weights": None
+            if w is None
+            else [round(float(v), 6) for v in w.flatten()]
+            if w.dim() == 1
+            else [[round(float(v), 6) for v in row] for row in w],
+            "prompt_tokens": len(ids),
+            "rag": prof.rag,
+        }
+
+    # ---- generation -----------------------------------------------------------------------------
+    def _plan(self, reqs: list[GenRequest]) -> tuple[str, Any]:
+        """('merged', profile) when the batch shares one fixed mixture, else ('stacked', [B, L, K] weights)."""
+        profs = [self.profiles[r.profile] for r in reqs]
+        if self.fused is None or all(p.weights is None and p.gate is None for p in profs):
+            return "merged", (None, None)
+        if len({r.profile for r in reqs}) == 1 and profs[0].gate is None:
+            return "merged", (profs[0].name, profs[0].weights)
+        L, K = self.fused.num_layers, self.fused.num_skills
+        rows = []
+        for r in reqs:
+            w = self.weights_for(r)
+            w = torch.zeros(L, K) if w is None else w.float()
+            rows.append(w.expand(L, K) if w.dim() == 1 else w)
+        return "stacked", torch.stack(rows).to(self.device)
+
+    def _activate(self, plan: tuple[str, Any]) -> None:
+        if self.cache is None:
+            return
+        mode, arg = plan
+        if mode == "merged":
+            self.cache.activate(*arg)
+        else:
+            self.cache.deactivate()
+            self.fused.set_weights(arg, per_example=True)
+
+    def _forward(self, plan, **inputs) -> Any:
+        with self.lock, torch.inference_mode():
+            self._activate(plan)
+            return self.model(**inputs, use_cache=True)
+
+    def _rows(self, reqs: list[GenRequest]) -> list[_Row]:
+        rows = []
+        for r in reqs:
+            gen = None
+            if r.temperature > 0:
+                gen = torch.Generator(device="cpu")
+                if r.seed is not None:
+                    gen.manual_seed(r.seed)
+                else:
+                    gen.seed()
+            rows.append(_Row(r, gen))
+        return rows
+
+    def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+        greedy = logits.argmax(-1).tolist()
+        out = []
+        for i, row in enumerate(rows):
+            t = row.req.temperature
+            if t <= 0:
+                out.append(greedy[i])
+                continue
+            probs = torch.softmax(logits[i].float().cpu() / t, -1)
+            if row.req.top_p < 1.0:
+                sorted_p, idx = probs.sort(descending=True)
+                keep = sorted_p.cumsum(0) - sorted_p < row.req.top_p  # always keeps the top token
+                probs = torch.zeros_like(probs).scatter_(0, idx[keep], sorted_p[keep])
+            out.append(int(torch.multinomial(probs, 1, generator=row.generator)))
+        return out
+
+    def _advance(self, row: _Row, token: int) -> None:
+        req = row.req
+        if token in self.eos_ids and not req.ignore_eos:
+            row.finish = "stop"
+            return
+        row.out.append(token)
+        row.text = self.tokenizer.decode(row.out, skip_special_tokens=True)
+        for s in req.stop:
+            cut = row.text.find(s)
+            if cut >= 0:
+                row.text, row.finish = row.text[:cut], "stop"
+                return
+        if len(row.out) >= req.max_tokens:
+            row.finish = "length"
+
+    def steps(self, reqs: list[GenRequest]) -> Iterator[list[_Row]]:
+        """The token loop: yields the rows after every decoding step until every row has finished."""
+        plan = self._plan(reqs)
+        rows = self._rows(reqs)
+        width = max(len(r.prompt_ids) for r in reqs)
+        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(reqs):  # left padding: every row's next token lands in the last column
+            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self._forward(plan, input_ids=ids, attention_mask=mask, position_ids=pos)
+        past = out.past_key_values
+        while True:
+            picks = self._pick(out.logits[:, -1, :], rows)
+            for row, tok in zip(rows, picks, strict=True):
+                if row.finish is None:
+                    self._advance(row, tok)
+            yield rows
+            if all(r.finish is not None for r in rows):
+                return
+            nxt = torch.tensor(
+                [[p if r.finish is None else self.pad_id] for p, r in zip(picks, rows, strict=True)]
+            )
+            mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype, device=self.device)], 1)
+            pos = pos[:, -1:] + 1
+            out = self._forward(
+                plan,
+                input_ids=nxt.to(self.device),
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=past,
+            )
+            past = out.past_key_values
+
+    def generate_batch(self, reqs: list[GenRequest]) -> list[dict[str, Any]]:
+        """Generate for every request in one batch; results in request order."""
+        final: list[_Row] = []
+        for final in self.steps(reqs):  # noqa: B007 - the last yield holds every finished row
+            pass
+        return [self._result(r) for r in final]
+
+    def stream(self, req: GenRequest) -> Iterator[dict[str, Any]]:
+        """Yield `{"delta", "finish_reason"}` per step for one request; the last one also carries usage.
+
+        Text that could still become a stop sequence (or half a multi-byte character) is held back until
+        the next step decides, so a client never sees a stop string it asked to cut.
+        """
+        hold = max((len(s) for s in req.stop), default=1) - 1
+        sent = 0
+        for (row,) in self.steps([req]):
+            done = row.finish is not None
+            safe = len(row.text) if done else len(row.text) - hold
+            while not done and safe > sent and row.text[safe - 1] == "\ufffd":
+                safe -= 1
+            if safe > sent or done:
+                chunk: dict[str, Any] = {"delta": row.text[sent:safe], "finish_reason": row.finish}
+                sent = max(sent, safe)
+                if done:
+                    chunk.update(self._result(row))
+                yield chunk
+
+    def _result(self, row: _Row) -> dict[str, Any]:
+        return {
+            "text": row.text,
+            "finish_reason": row.finish,
+            "prompt_tokens": len(row.req.prompt_ids),
+            "completion_tokens": len(row.out),
+            "mdkif": dict(row.req.meta),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "profiles": [p for p in self.profiles if p is not None],
+            "skills": self.bank.names if self.bank is not None else [],
+            "merged_builds": self.cache.builds if self.cache else 0,
+            "merged_hits": self.cache.hits if self.cache else 0,
+            "merged_cached": list(self.cache.entries) if self.cache else [],
+        }

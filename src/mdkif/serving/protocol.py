@@ -1,0 +1,336 @@
+"""The OpenAI-compatible wire format: request schemas, limits, errors, auth and server-sent events.
+
+Nothing here imports torch or Ray, so the ingress replica stays light and every rule is unit-testable.
+Requests are parsed by hand (bytes -> JSON -> pydantic) instead of through FastAPI's body binding, so each
+failure becomes one OpenAI-style error naming the offending field (`param`), never FastAPI's `detail`.
+
+Two optional extensions beyond OpenAI's schema: `rag` (force retrieval on or off for this request) and
+`ignore_eos` (vLLM's name; lets tests and benchmarks ask for an exact number of tokens).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mdkif.config import StrictModel
+
+
+class LimitsConfig(StrictModel):
+    """What one request may ask for; anything beyond is a 4xx naming the field."""
+
+    max_request_bytes: int = Field(65536, ge=256, description="Largest accepted request body (413 above).")
+    max_prompt_chars: int = Field(16000, ge=1, description="Characters of prompt/messages text (400 above).")
+    max_prompt_tokens: int = Field(
+        1024, ge=1, description="Prompt tokens after the chat template and retrieved context (400 above)."
+    )
+    max_tokens: int = Field(512, ge=1, description="Highest max_tokens a request may ask for.")
+    default_max_tokens: int = Field(128, ge=1, description="max_tokens when the request gives none.")
+    max_messages: int = Field(64, ge=1, description="Most chat messages in one request.")
+    max_stop: int = Field(4, ge=0, description="Most stop sequences (OpenAI allows 4).")
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="The ingress gives up on the model after this long (504)."
+    )
+
+
+class APIError(Exception):
+    """A request the server refuses: HTTP status, OpenAI error type, message, offending field and code."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type or _default_type(status)
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def _default_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 404:
+        return "not_found_error"
+    if status < 500:
+        return "invalid_request_error"
+    return "server_error"
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error envelope: `{"error": {"message", "type", "param", "code"}}`."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class _Request(BaseModel):
+    # Unknown fields are ignored like OpenAI does (clients send logprobs, user, n=1...), but the ones we
+    # do read are strictly typed.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="one choice per request")
+    rag: bool | None = Field(None, description="force retrieval on or off (default: the profile decides)")
+    ignore_eos: bool = False
+    stream_options: dict[str, Any] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops_non_empty(cls, v: str | list[str] | None) -> str | list[str] | None:
+        items = [v] if isinstance(v, str) else (v or [])
+        if any(not s for s in items):
+            raise ValueError("stop sequences must be non-empty strings")
+        return v
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[dict[str, Any]]
+
+    def text(self) -> str:
+        """The message text; OpenAI's content parts are accepted when they are all `text` parts."""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError("only text content parts are supported")
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class ChatRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str]
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v: str | list[str]) -> str:
+        if isinstance(v, list):
+            if len(v) != 1:
+                raise ValueError("send one prompt per request (a list of exactly one string)")
+            v = v[0]
+        return v
+
+
+class RouteRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+
+
+def parse_body(raw: bytes, schema: type[BaseModel], limits: LimitsConfig) -> BaseModel:
+    """Bytes -> validated request, or an :class:`APIError` naming the field (413 when over the size limit)."""
+    if len(raw) > limits.max_request_bytes:
+        raise APIError(
+            413,
+            f"request body is {len(raw)} bytes; the limit is {limits.max_request_bytes}",
+            code="request_too_large",
+        )
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or None
+        kind = "missing_field" if err["type"] == "missing" else "invalid_value"
+        what = "is required" if err["type"] == "missing" else err["msg"]
+        raise APIError(400, f"'{loc}': {what}", param=loc, code=kind) from None
+
+
+def check_limits(req: ChatRequest | CompletionRequest | RouteRequest, limits: LimitsConfig) -> None:
+    """Size limits that need no tokenizer: message count, prompt characters, max_tokens, stop count."""
+    if getattr(req, "messages", None) is not None:
+        if len(req.messages) > limits.max_messages:
+            raise APIError(
+                400,
+                f"'messages': {len(req.messages)} messages; the limit is {limits.max_messages}",
+                "messages",
+                "too_many_messages",
+            )
+        try:
+            chars = sum(len(m.text()) for m in req.messages)
+        except ValueError as exc:
+            raise APIError(400, f"'messages': {exc}", "messages", "invalid_value") from None
+        field = "messages"
+    else:
+        chars, field = len(req.prompt or ""), "prompt"
+    if chars > limits.max_prompt_chars:
+        raise APIError(
+            400,
+            f"'{field}': prompt is {chars} characters; the limit is {limits.max_prompt_chars}",
+            field,
+            "context_length_exceeded",
+        )
+    if isinstance(req, _Request):
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = getattr(req, name)
+            if value is not None and value > limits.max_tokens:
+                raise APIError(
+                    400, f"'{name}': {value} is over the limit of {limits.max_tokens}", name, "invalid_value"
+                )
+        if len(req.stops) > limits.max_stop:
+            raise APIError(400, f"'stop': at most {limits.max_stop} sequences", "stop", "invalid_value")
+
+
+def check_api_key(authorization: str | None, expected: str | None) -> None:
+    """Bearer-token check in constant time; a server without a key accepts every request."""
+    if not expected:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise APIError(401, "incorrect API key provided", code="invalid_api_key")
+
+
+class ModelNames:
+    """The served model ids: `<base>` (no skills) and `<base>:<profile>` per task profile."""
+
+    def __init__(self, base: str, profiles: list[str]) -> None:
+        self.base = base
+        self.profiles = list(profiles)
+
+    def ids(self) -> list[str]:
+        return [self.base, *(f"{self.base}:{p}" for p in self.profiles)]
+
+    def resolve(self, model: str) -> str | None:
+        """The profile a model id names (None for the base model); 404 listing the valid ids otherwise."""
+        if model == self.base:
+            return None
+        base, sep, profile = model.partition(":")
+        if sep and base == self.base and profile in self.profiles:
+            return profile
+        raise APIError(
+            404,
+            f"The model '{model}' does not exist. Valid models: {', '.join(self.ids())}",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def generation_params(
+    req: ChatRequest | CompletionRequest, limits: LimitsConfig, default_temperature: float
+) -> dict:
+    """The sampling settings the model replica needs, with server defaults filled in."""
+    max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
+    return {
+        "max_tokens": min(max_tokens, limits.max_tokens),
+        "temperature": default_temperature if req.temperature is None else req.temperature,
+        "top_p": 1.0 if req.top_p is None else req.top_p,
+        "seed": req.seed,
+        "stop": req.stops,
+        "ignore_eos": req.ignore_eos,
+    }
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_response(model: str, result: dict[str, Any]) -> dict[str, Any]:
+    """A `chat.completion` object from the replica's result."""
+    return {
+        "id": new_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result["text"]},
+                "finish_reason": result["finish_reason"],
+                "logprobs": None,
+            }
+        ],
+        "usage": usage(result["prompt_tokens"], result["completion_tokens"]),
+        "mdkif": result.get("mdkif", {}),
+    }
+
+
+def completion_response(model: str, result: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A `text_completion` object from the replica's result (`prefix` is the prompt when echo is on)."""
+    return {
+        "id": new_id("cmpl"),
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "text": prefix + result["text"],
+                "finish_reason": result["finish_reason"],
+                "logprobs": None,
+            }
+        ],
+        "usage": usage(result["prompt_tokens"], result["completion_tokens"]),
+        "mdkif": result.get("mdkif", {}),
+    }
+
+
+def stream_chunk(
+    kind: str, id_: str, model: str, delta: str | None, finish: str | None, role: bool = False
+) -> dict:
+    """One streamed chunk: `chat.completion.chunk` (delta) or `text_completion` (text)."""
+    if kind == "chat":
+        d: dict[str, Any] = {}
+        if role:
+            d["role"] = "assistant"
+        if delta:
+            d["content"] = delta
+        choice = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
+        obj = "text_completion"
+    return {"id": id_, "object": obj, "created": int(time.time()), "model": model, "choices": [choice]}
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    """One server-sent event: `data: <json>` and a blank line (`data: [DONE]` ends the stream)."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n"
+
+
+SSE_DONE = sse("[DONE]")

@@ -1,0 +1,161 @@
+"""The RoutedModel's engine without Ray: tiny model + synthetic skills, batched/merged/stacked/streamed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mdkif.rag.types import Passage
+from mdkif.serving.config import check_artifacts, load_app_config
+from mdkif.serving.engine import GenRequest, RoutedEngine
+from mdkif.serving.fixtures import build_tiny_artifacts
+from mdkif.serving.protocol import APIError
+
+PROMPTS = [
+    "Patient with fever.",
+    "hi there, how are you doing today?",
+    "Answer yes or no: crushing chest pain",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, monkeypatch_module):
+    root = tmp_path_factory.mktemp("serve_art")
+    art = build_tiny_artifacts(root)
+    cfg = load_app_config(
+        {
+            "model": {"name": "tiny"},
+            "adapters_dir": str(art["adapters"]),
+            "merged_cache_size": 2,
+            "limits": {"max_prompt_tokens": 64},
+            "profiles": {
+                "yes": {"weights": {"triage_yes": 1.0}},
+                "no": {"weights": {"triage_no": 1.0}},
+                "static": {"router": str(art["router_static"])},
+                "gate": {"router": str(art["router_gate"])},
+            },
+        }
+    )
+    return RoutedEngine(check_artifacts(cfg))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MDKIF_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield mp
+    mp.undo()
+
+
+def _ids(engine, text):
+    return engine.render(messages=[{"role": "user", "content": text}])
+
+
+def _req(engine, text, profile, **kw):
+    kw.setdefault("max_tokens", 10)
+    kw.setdefault("ignore_eos", True)
+    return GenRequest(_ids(engine, text), profile, **kw)
+
+
+@pytest.mark.parametrize("profile", [None, "yes", "static", "gate"])
+def test_batched_greedy_equals_one_by_one(engine, profile):
+    reqs = [_req(engine, p, profile) for p in PROMPTS]
+    batched = engine.generate_batch(reqs)
+    alone = [engine.generate_batch([r])[0] for r in reqs]
+    assert [b["text"] for b in batched] == [a["text"] for a in alone]
+    assert all(b["completion_tokens"] == 10 and b["finish_reason"] == "length" for b in batched)
+
+
+def test_mixed_profiles_stacked_equal_per_profile_merged(engine):
+    reqs = [_req(engine, PROMPTS[i % 3], p) for i, p in enumerate(["yes", "no", "static", "gate", None])]
+    assert engine._plan(reqs)[0] == "stacked"
+    assert engine._plan([reqs[0], _req(engine, PROMPTS[2], "yes")])[0] == "merged"
+    mixed = [r["text"] for r in engine.generate_batch(reqs)]
+    separate = [engine.generate_batch([r])[0]["text"] for r in reqs]
+    assert mixed == separate
+    # The skills change the output: otherwise this test would prove nothing.
+    assert (
+        len({engine.generate_batch([_req(engine, PROMPTS[0], p)])[0]["text"] for p in ("yes", "no", None)})
+        > 1
+    )
+
+
+def test_merged_weights_are_cached_lru(engine):
+    cache = engine.cache
+    engine.generate_batch([_req(engine, PROMPTS[0], "yes", max_tokens=2)])
+    builds = cache.builds
+    engine.generate_batch([_req(engine, PROMPTS[0], "yes", max_tokens=2)])
+    engine.generate_batch([_req(engine, PROMPTS[1], "yes", max_tokens=2)])
+    assert cache.builds == builds  # same profile: built once
+    engine.generate_batch([_req(engine, PROMPTS[0], "no", max_tokens=2)])
+    engine.generate_batch([_req(engine, PROMPTS[0], "static", max_tokens=2)])
+    assert len(cache.entries) == 2 and "yes" not in cache.entries  # capacity 2: least recent evicted
+    # Switching back to stacked restores the exact base weights.
+    engine.cache.deactivate()
+    for name, layer in engine.fused.layers.items():
+        assert layer.base.weight.data_ptr() == cache.original[name].data_ptr()
+
+
+def test_stream_matches_generate_and_stop_sequences_cut(engine):
+    req = _req(engine, PROMPTS[1], "static", max_tokens=12)
+    full = engine.generate_batch([req])[0]
+    chunks = list(engine.stream(req))
+    assert "".join(c["delta"] for c in chunks) == full["text"]
+    assert chunks[-1]["finish_reason"] == "length" and chunks[-1]["completion_tokens"] == 12
+    stop = full["text"][3:6]
+    cut = engine.generate_batch([_req(engine, PROMPTS[1], "static", max_tokens=12, stop=[stop])])[0]
+    assert cut["text"] == full["text"][: full["text"].find(stop)] and cut["finish_reason"] == "stop"
+    streamed = list(engine.stream(_req(engine, PROMPTS[1], "static", max_tokens=12, stop=[stop])))
+    assert "".join(c["delta"] for c in streamed) == cut["text"]
+
+
+def test_sampling_is_seeded(engine):
+    a = engine.generate_batch([_req(engine, PROMPTS[0], None, temperature=1.0, seed=7)])[0]["text"]
+    b = engine.generate_batch([_req(engine, PROMPTS[0], None, temperature=1.0, seed=7)])[0]["text"]
+    c = engine.generate_batch([_req(engine, PROMPTS[0], None, temperature=1.0, top_p=0.5, seed=8)])[0]["text"]
+    assert a == b and isinstance(c, str)
+
+
+def test_route_weights(engine):
+    static = engine.route("static", _ids(engine, PROMPTS[0]))
+    assert static["source"] == "router:static" and static["skills"] == ["triage_yes", "triage_no"]
+    assert static["weights"][0] > static["weights"][1] and sum(static["weights"]) == pytest.approx(
+        1, abs=1e-5
+    )
+    g1 = engine.route("gate", _ids(engine, PROMPTS[0]))["weights"]
+    g2 = engine.route("gate", _ids(engine, PROMPTS[1]))["weights"]
+    assert g1 != g2  # input-conditioned
+    assert engine.route(None, _ids(engine, "x"))["weights"] is None
+    assert engine.route("yes", _ids(engine, "x"))["weights"] == [1.0, 0.0]
+
+
+def test_rag_context_and_length_limit(engine):
+    passages = [Passage(id="1", text="Adrenaline is first line.", title="Anaphylaxis")]
+    plain = engine.render(messages=[{"role": "user", "content": "Treatment?"}])
+    with_ctx = engine.render(messages=[{"role": "user", "content": "Treatment?"}], passages=passages)
+    text = engine.tokenizer.decode(with_ctx)
+    assert (
+        len(with_ctx) > len(plain)
+        and "[1] Anaphylaxis. Adrenaline" in text
+        and text.index("[1]") < text.index("Treatment?")
+    )
+    assert (
+        engine.question([{"role": "system", "content": "s"}, {"role": "user", "content": "q"}], None) == "q"
+    )
+    with pytest.raises(APIError) as info:
+        engine.check_length(list(range(65)), 10)
+    assert info.value.status == 400 and info.value.code == "context_length_exceeded"
+
+
+def test_per_example_weights_reach_the_fused_layers(engine):
+    # A stacked batch of the base row and a 'yes' row: the base row must equal the plain base model.
+    base = _req(engine, PROMPTS[0], None, max_tokens=6)
+    mixed = engine.generate_batch([base, _req(engine, PROMPTS[0], "yes", max_tokens=6)])
+    engine.cache.deactivate()
+    with engine.fused.adapters_off():
+        ids = torch.tensor([base.prompt_ids])
+        out = engine.model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False
+        )
+    ref = engine.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert mixed[0]["text"] == ref
