@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -213,7 +214,10 @@ def run_tune(cfg: SearchConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     started = not ray.is_initialized()
     if started:
-        ray.init(address=cfg.ray_address, num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False)
+        # num_cpus sizes a Ray started here; Ray refuses it when joining a running cluster (ray job submit).
+        joining = cfg.ray_address is not None or "RAY_ADDRESS" in os.environ
+        num_cpus = None if joining else cfg.num_cpus
+        ray.init(address=cfg.ray_address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
     try:
         tuner = tune.Tuner(
