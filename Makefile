@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(BIN)/mdkif demo --out $(RUN)
+	$(BIN)/mdkif demo out=$(RUN)
 
 test: setup
 	$(BIN)/pytest -q

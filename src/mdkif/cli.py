@@ -25,6 +25,7 @@ app = typer.Typer(
 def _register() -> None:
     # One line per command group. Imports are local so `mdkif --help` stays fast.
     from mdkif.data.commands import app as data_app
+    from mdkif.demo import demo_command
     from mdkif.evaluation.commands import eval_command
     from mdkif.models.commands import app as models_app
     from mdkif.rag.commands import app as rag_app
@@ -42,6 +43,7 @@ def _register() -> None:
     app.command("eval")(eval_command)
     app.add_typer(rag_app, name="rag", help="Build the Chroma RAG index and query it.")
     app.command("serve")(serve_command)
+    app.command("demo")(demo_command)
 
 
 _register()
