@@ -41,8 +41,10 @@ format: setup
 	$(BIN)/ruff check --fix src tests bench scripts
 	$(BIN)/ruff format src tests bench scripts
 
+# Every benchmark, then one table of all figures with their baselines and ratios (bench/results/SUMMARY.md).
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python bench/summary.py
 
 clean:
 	rm -rf $(RUN) .pytest_cache

@@ -25,6 +25,7 @@ def route(
 
         result = run_experiment(load_config(config, ExperimentConfig, overrides or []))
         typer.echo(Path(result["table"]).read_text())
+        typer.echo(f"table: {result['table']}  chart: {result['chart']}")
         return
     cfg = load_config(config, RouteConfig, overrides or [])
     from mdkif.routing.pipeline import run_route

@@ -1,24 +1,36 @@
 """The unseen-task experiment: fit routers on tasks no skill was trained on, with k examples, and score them.
 
-For each task and each k, one router is fitted on k items and scored on a fixed held-out test set
-against three references: the base model, the uniform mixture of all skills, and the best single skill
-(picked by its answer loss on the same k items, so it gets the same data the router gets). Scoring is
-log-likelihood of the option key after a prompt listing the options (the evaluation harness's
-`loglik` / `letter` protocol), so nothing is unparsable. Writes `unseen.json` and `unseen.md`.
+For each task and each k, one router is fitted on k items and scored, by the evaluation harness (the same
+scorer as every other variant), on a fixed held-out test set against three references: the base model,
+the uniform mixture of all skills, and the best single skill (picked by its answer loss on the same k
+items, so it gets the same data the router gets).
+
+Protocol:
+- the test set is the first `n_test` items of the task (the harness's `limit`), the same for every k;
+  the fitting pool is every other item, shuffled with `seed`; the k examples are the first k of the pool;
+- fitting examples are rendered exactly as the harness scores them (`loglik` / `letter`: the prompt that
+  lists the options, the chat template when the tokenizer has one, target ` <key>`);
+- each fitted router is saved as an artifact (`OUTPUT/<task>/router-k<k>/`) and evaluated as a harness
+  variant (`router: {adapters, path}`), the best single skill as fixed one-hot weights, the uniform
+  mixture as fixed weights 1/K; all merged into the base once per worker.
+
+Writes `OUTPUT/<task>/eval/` (the harness's predictions, summary, report, chart per task) and
+`OUTPUT/unseen.{json,md,png}`: accuracy with 95% bootstrap intervals per (task, k) and method.
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from mdkif.config import StrictModel
-from mdkif.fusion import FusedModel
+from mdkif.config import StrictModel, validate
 from mdkif.models import ModelConfig
 from mdkif.routing.config import (
     CmaesSettings,
@@ -29,12 +41,12 @@ from mdkif.routing.config import (
     SkillsSource,
     TaskSource,
 )
-from mdkif.routing.data import encode, mcq_example
-from mdkif.routing.fit import route_weights, task_loss
+from mdkif.routing.data import TaskExample, encode
+from mdkif.routing.fit import task_loss
 
 
 class UnseenTask(StrictModel):
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="label in the table and the output folder")
     source: str = Field(description="benchmark name or file for load_benchmark")
     split: str | None = None
 
@@ -46,50 +58,66 @@ class ExperimentConfig(StrictModel):
     skills: SkillsSource
     tasks: list[UnseenTask] = Field(min_length=1)
     ks: list[int] = Field([5, 20, 100], min_length=1)
-    n_test: int = Field(50, ge=1, description="held-out items scored per task (the same for every k)")
-    seed: int = 0
+    n_test: int = Field(
+        50, ge=1, description="first N items of each task, scored for every k (never fitted on)"
+    )
+    seed: int = Field(0, description="shuffles the fitting pool; seeds the fit and the bootstrap")
     max_length: int = Field(320, ge=16)
-    method: str = Field("cmaes", pattern="^(gradient|cmaes|gate)$")
+    method: str = Field(
+        "cmaes", pattern="^(gradient|cmaes)$", description="a static router (the harness merges it)"
+    )
     router: RouterSettings = Field(default_factory=RouterSettings)
     regularizer: Regularizer = Field(default_factory=Regularizer)
     gradient: GradientSettings = Field(default_factory=GradientSettings)
     cmaes: CmaesSettings = Field(default_factory=CmaesSettings)
+    num_workers: int = Field(2, ge=1, description="evaluation actors (each loads the model once)")
+    shard_size: int = Field(25, ge=1)
+    use_ray: bool = Field(True, description="false: evaluate in this process")
     output: Path = Path("runs/unseen")
 
-
-@torch.no_grad()
-def mcq_accuracy(fused: FusedModel, tok: Any, records: list, weights: Any, max_length: int) -> float:
-    """Share of items whose highest-scoring option key (first token of ' X') is the answer."""
-    correct = 0
-    for rec in records:
-        ex = mcq_example(rec)
-        batch = encode(tok, [ex], max_length)
-        n = int(batch.prompt_mask.sum())
-        ids, att = batch.input_ids[:, :n], batch.attention_mask[:, :n]
-        if weights is None:
-            with fused.adapters_off():
-                logits = fused(input_ids=ids, attention_mask=att).logits[0, -1]
-        else:
-            if isinstance(weights, torch.Tensor):
-                fused.set_weights(weights)
-            else:
-                from mdkif.routing.data import Batch
-
-                w, per_ex = route_weights(fused, weights, Batch(ids, att, ids, batch.prompt_mask[:, :n]))
-                fused.set_weights(w, per_example=per_ex)
-            logits = fused(input_ids=ids, attention_mask=att).logits[0, -1]
-        keys = list(rec.options)
-        scores = [float(logits[tok(f" {k}", add_special_tokens=False)["input_ids"][0]]) for k in keys]
-        correct += keys[max(range(len(keys)), key=scores.__getitem__)] == rec.answer
-    return correct / max(len(records), 1)
+    @model_validator(mode="after")
+    def _unique(self) -> ExperimentConfig:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique: {names}")
+        if len(set(self.ks)) != len(self.ks) or min(self.ks) < 1:
+            raise ValueError(f"ks must be distinct positive sizes: {self.ks}")
+        return self
 
 
-def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Run every (task, k) cell; returns and writes the table."""
-    import random
+def harness_examples(tokenizer: Any, records: list) -> list[TaskExample]:
+    """MCQ items rendered as the harness's `loglik` / `letter` scorer reads them, target ` <key>`."""
+    from mdkif.evaluation.prompts import use_chat, user_message, wrap
 
+    chat = use_chat(tokenizer, "auto")
+    return [
+        TaskExample(wrap(tokenizer, user_message(r, method="loglik"), "Answer:", chat), f" {r.answer}")
+        for r in records
+    ]
+
+
+def split_task(task: UnseenTask, n_test: int, max_k: int, seed: int) -> tuple[list, list]:
+    """(test, pool): the harness's first `n_test` items, and every other item shuffled with `seed`."""
     from mdkif.data.mcq import load_benchmark
+
+    records = load_benchmark(task.source, split=task.split)
+    test = records[:n_test]
+    pool = records[n_test:]
+    if len(test) < n_test or len(pool) < max_k:
+        raise ValueError(
+            f"task {task.name!r} ({task.source}): {len(records)} items, but n_test={n_test} plus "
+            f"the largest k={max_k} need {n_test + max_k}"
+        )
+    random.Random(seed).shuffle(pool)
+    return test, pool
+
+
+def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, Any]:
+    """Fit every (task, k) router, evaluate every task's variants with the harness; write the table."""
+    from mdkif.evaluation.config import EvalConfig
+    from mdkif.evaluation.runner import run_eval
     from mdkif.routing.pipeline import build_fused, fit_router
+    from mdkif.routing.router import save_router
 
     route_cfg = RouteConfig(
         model=cfg.model,
@@ -103,49 +131,165 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         output=cfg.output,
     )
     fused, tok, bank = build_fused(route_cfg)
-    K = len(bank)
-    rows = []
+    K, names = len(bank), bank.names
+    fits: dict[tuple[str, int], dict[str, Any]] = {}
+    variants: dict[str, list[dict[str, Any]]] = {}
+    model = cfg.model.model_dump(mode="json")
+    scoring = {"method": "loglik", "target": "letter", "batch_size": 8}
+    adapters = str(cfg.skills.root)
     for task in cfg.tasks:
-        records = load_benchmark(task.source, split=task.split)
-        order = list(range(len(records)))
-        random.Random(cfg.seed).shuffle(order)
-        test = [records[i] for i in order[-cfg.n_test :]]
-        pool = [records[i] for i in order[: len(order) - cfg.n_test]]
-        base_acc = mcq_accuracy(fused, tok, test, None, cfg.max_length)
-        uni_acc = mcq_accuracy(fused, tok, test, torch.full((K,), 1.0 / K), cfg.max_length)
-        for k in cfg.ks:
+        _, pool = split_task(task, cfg.n_test, max(cfg.ks), cfg.seed)
+        rows = [
+            {"name": "base", "model": model, "scoring": scoring},
+            {
+                "name": "uniform",
+                "model": model,
+                "router": {"adapters": adapters, "weights": {n: 1.0 / K for n in names}},
+                "scoring": scoring,
+            },
+        ]
+        for k in sorted(cfg.ks):
             t0 = time.perf_counter()
-            train = encode(tok, [mcq_example(r) for r in pool[:k]], cfg.max_length)
+            train = encode(tok, harness_examples(tok, pool[:k]), cfg.max_length)
             single = [task_loss(fused, torch.eye(K)[i], train) for i in range(K)]
-            best_i = min(range(K), key=single.__getitem__)
+            best = min(range(K), key=single.__getitem__)
             router, res = fit_router(route_cfg, fused, train, seed=cfg.seed)
-            row = {
+            with torch.no_grad():
+                w = router().reshape(-1, K).mean(0)
+            fit = {
+                "method": cfg.method,
                 "task": task.name,
                 "k": k,
-                "n_test": len(test),
-                "base": base_acc,
-                "uniform": uni_acc,
-                "best_single": mcq_accuracy(fused, tok, test, torch.eye(K)[best_i], cfg.max_length),
-                "best_single_skill": bank.names[best_i],
-                "routed": mcq_accuracy(fused, tok, test, router, cfg.max_length),
-                "fit_evaluations": res.evaluations,
+                "seed": cfg.seed,
+                "fit_loss": res.final_loss,
+                "evaluations": res.evaluations,
+                "loss_base": task_loss(fused, None, train),
+                "loss_uniform": task_loss(fused, torch.full((K,), 1.0 / K), train),
+                "loss_best_single": single[best],
+                "best_single_skill": names[best],
+                "top_skills": [names[i] for i in w.abs().argsort(descending=True)[:3].tolist()],
                 "seconds": round(time.perf_counter() - t0, 1),
             }
-            if not hasattr(router, "net"):
-                with torch.no_grad():
-                    w = router().reshape(-1, K).mean(0)
-                row["top_skills"] = [bank.names[i] for i in w.argsort(descending=True)[:3].tolist()]
-            rows.append(row)
-    cfg.output.mkdir(parents=True, exist_ok=True)
-    (cfg.output / "unseen.json").write_text(json.dumps(rows, indent=2) + "\n")
+            folder = cfg.output / task.name / f"router-k{k}"
+            save_router(router, bank, fused, folder, {"fit": fit})
+            fits[(task.name, k)] = fit
+            rows += [
+                {
+                    "name": f"single-k{k}",
+                    "model": model,
+                    "router": {"adapters": adapters, "weights": {names[best]: 1.0}},
+                    "scoring": scoring,
+                },
+                {
+                    "name": f"routed-k{k}",
+                    "model": model,
+                    "router": {"adapters": adapters, "path": str(folder)},
+                    "scoring": scoring,
+                },
+            ]
+            print(
+                f"[unseen] {task.name} k={k}: fitted in {fit['seconds']} s, top {fit['top_skills']}",
+                flush=True,
+            )
+        variants[task.name] = rows
+    del fused
+    gc.collect()
+
+    table: list[dict[str, Any]] = []
+    for task in cfg.tasks:
+        eval_cfg = validate(
+            EvalConfig,
+            {
+                "out": str(cfg.output / task.name / "eval"),
+                "variants": variants[task.name],
+                "benchmarks": [
+                    {"source": task.source, "split": task.split, "name": task.name, "limit": cfg.n_test}
+                ],
+                "shard_size": cfg.shard_size,
+                "num_workers": cfg.num_workers,
+                "use_ray": cfg.use_ray,
+                "seed": cfg.seed,
+            },
+            f"unseen-task evaluation of {task.name}",
+        )
+        summary = run_eval(eval_cfg, progress=progress)
+        cell = {r["variant"]: r for r in summary["results"]}
+
+        def acc(variant: str, cell: dict = cell) -> dict[str, float]:
+            r = cell[variant]
+            return {"accuracy": r["accuracy"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
+
+        for k in sorted(cfg.ks):
+            fit = fits[(task.name, k)]
+            table.append(
+                {
+                    "task": task.name,
+                    "k": k,
+                    "n_test": cell["base"]["n"],
+                    "base": acc("base"),
+                    "uniform": acc("uniform"),
+                    "best_single": acc(f"single-k{k}"),
+                    "routed": acc(f"routed-k{k}"),
+                    "fit": fit,
+                }
+            )
+    return write_table(cfg.output, table)
+
+
+def _cell(a: dict[str, float]) -> str:
+    return f"{100 * a['accuracy']:.1f} [{100 * a['ci_low']:.0f}, {100 * a['ci_high']:.0f}]"
+
+
+def write_table(out: Path, table: list[dict[str, Any]]) -> dict[str, Any]:
+    """unseen.json (rows), unseen.md (the table) and unseen.png (accuracy against k, per task)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "unseen.json").write_text(json.dumps(table, indent=2) + "\n")
     lines = [
+        "Accuracy in % (95% bootstrap interval) on each task's first n_test items, scored by the evaluation",
+        "harness (log-likelihood of the option key). Best single skill and router are fitted on the same k",
+        "items; base and uniform need no fitting.",
+        "",
         "| task | k | n_test | base | uniform | best single (skill) | routed | top routed skills |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in table:
+        f = r["fit"]
         lines.append(
-            f"| {r['task']} | {r['k']} | {r['n_test']} | {r['base']:.3f} | {r['uniform']:.3f} | "
-            f"{r['best_single']:.3f} ({r['best_single_skill']}) | {r['routed']:.3f} | {', '.join(r.get('top_skills', []))} |"
+            f"| {r['task']} | {r['k']} | {r['n_test']} | {_cell(r['base'])} | {_cell(r['uniform'])} | "
+            f"{_cell(r['best_single'])} ({f['best_single_skill']}) | {_cell(r['routed'])} | "
+            f"{', '.join(f['top_skills'])} |"
         )
-    (cfg.output / "unseen.md").write_text("\n".join(lines) + "\n")
-    return {"rows": rows, "table": str(cfg.output / "unseen.md")}
+    (out / "unseen.md").write_text("\n".join(lines) + "\n")
+    plot(out / "unseen.png", table)
+    return {"rows": table, "table": str(out / "unseen.md"), "chart": str(out / "unseen.png")}
+
+
+def plot(path: Path, table: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in table))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        rows = [r for r in table if r["task"] == task]
+        ks = [r["k"] for r in rows]
+        for key, style in (("routed", "o-"), ("best_single", "s--")):
+            y = [100 * r[key]["accuracy"] for r in rows]
+            err = [
+                [100 * (r[key]["accuracy"] - r[key]["ci_low"]) for r in rows],
+                [100 * (r[key]["ci_high"] - r[key]["accuracy"]) for r in rows],
+            ]
+            ax.errorbar(ks, y, yerr=err, fmt=style, capsize=3, label=key.replace("_", " "))
+        for key, color in (("base", "black"), ("uniform", "grey")):
+            ax.axhline(100 * rows[0][key]["accuracy"], color=color, linestyle=":", label=key)
+        ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("k (fitting examples)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{task} (n={rows[0]['n_test']})")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
