@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import subprocess
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,13 +29,16 @@ REPO = Path(__file__).resolve().parents[2]
 LOCAL_SH = REPO / "cluster" / "local.sh"
 RAY = REPO / ".venv" / "bin" / "ray"
 
-# Distinct from local.sh's defaults (6390/8275/10091/23000) so a developer's own local cluster can stay up.
+# Distinct from local.sh's defaults (6390/8275/10091/23000) so a developer's own local cluster can stay up;
+# MDKIF_E2E_PORT_SHIFT moves the whole block (two checkouts testing at once on one machine).
+_SHIFT = int(os.environ.get("MDKIF_E2E_PORT_SHIFT", "0"))
 PORTS = {
-    "MDKIF_RAY_GCS_PORT": "6392",
-    "MDKIF_RAY_DASHBOARD_PORT": "8277",
-    "MDKIF_RAY_CLIENT_PORT": "10093",
-    "MDKIF_RAY_PORT_BASE": "24000",
+    "MDKIF_RAY_GCS_PORT": str(6392 + _SHIFT),
+    "MDKIF_RAY_DASHBOARD_PORT": str(8277 + _SHIFT),
+    "MDKIF_RAY_CLIENT_PORT": str(10093 + _SHIFT),
+    "MDKIF_RAY_PORT_BASE": str(24000 + 1000 * _SHIFT),
 }
+SERVE_PORT = 8377 + _SHIFT  # the Serve HTTP proxy the serve stage starts on the head node
 
 
 @dataclass
@@ -159,3 +164,166 @@ def test_data_build(cluster, shared_data, tmp_path):
     assert len(trains) >= 10, [p.parent.name for p in trains]
     assert all(p.stat().st_size > 0 for p in trains)
     assert "wrote" in logs
+
+
+# The stages at small size, each one `ray job submit` on the cluster, each reading the previous one's output
+# from a shared folder (the nodes share this machine's disk, as a cluster shares NFS or object storage):
+# skills (Ray Train over the nodes) -> router -> RAG index (Ray Data over the nodes) -> evaluation (Ray
+# actors over the nodes) -> Serve (deployed with `serve deploy` through the dashboard) -> one served answer.
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("stages")
+
+
+def _need(path: Path, stage: str) -> None:
+    if not path.exists():
+        pytest.skip(f"{stage} did not produce {path} (see that test's failure)")
+
+
+def test_stage_train_skills(cluster, work):
+    out = work / "adapters"
+    cmd = ["mdkif", "train", "train/skills_demo.yaml", f"output_dir={out}", "model.name=tiny"]
+    cmd += ["skills={qa: {}, nli: {}, mcqa: {}}", "optim.max_length=96", "optim.batch_size=2"]
+    cmd += ["optim.lr=1.0e-2", "ray.num_workers=2", "ray.cpus_per_worker=0.5", "checkpoint_every=2"]
+    logs = submit(cluster, cmd, timeout=480)
+    manifest = json.loads((out / "skills.json").read_text())
+    assert sorted(manifest["skills"]) == ["mcqa", "nli", "qa"], logs[-2000:]
+    for skill, m in manifest["skills"].items():
+        assert (out / skill / "adapter_model.safetensors").is_file(), skill
+        assert m["val_loss_after"] < m["val_loss_before"], (skill, m["val_loss_before"], m["val_loss_after"])
+    assert (out / "loss_curves.png").stat().st_size > 1000
+
+
+def test_stage_route(cluster, work, shared_data):
+    _need(work / "adapters" / "skills.json", "the skills stage")
+    out = work / "router"
+    cmd = [
+        "mdkif",
+        "route",
+        "route/pubmedqa_gradient.yaml",
+        "model.name=tiny",
+        f"skills.root={work / 'adapters'}",
+    ]
+    cmd += [f"task.source={shared_data}/mcq/pubmedqa/pqal_dev500.json", "task.k=8", "task.n_val=4"]
+    cmd += ["task.max_length=160", "gradient.steps=4", "gradient.batch_size=4", f"output={out}"]
+    logs = submit(cluster, cmd, timeout=300)
+    router = json.loads((out / "router.json").read_text())
+    assert router["skills"] == ["qa", "mcqa", "nli"] or sorted(router["skills"]) == ["mcqa", "nli", "qa"]
+    assert len(router["weights"]) == 3 and abs(sum(router["weights"]) - 1.0) < 1e-4, (
+        router["weights"],
+        logs[-1500:],
+    )
+    assert router["fit"]["method"] == "gradient" and router["fit"]["k"] == 8
+
+
+def test_stage_rag_index(cluster, work):
+    out = work / "rag"
+    cmd = ["mdkif", "rag", "index", "rag/index_demo.yaml", f"persist_dir={out}", "cpus_per_actor=0.5"]
+    logs = submit(cluster, cmd, timeout=300)
+    manifest = json.loads((out / "index_manifest.json").read_text())
+    total = sum(c["chunks"] for c in manifest["corpora"])
+    assert total > 10, (manifest, logs[-1500:])
+
+
+def test_stage_eval(cluster, work, shared_data):
+    _need(work / "router" / "router.json", "the route stage")
+    out = work / "eval"
+    model = {"name": "tiny"}
+    scoring = {"method": "loglik", "batch_size": 4}
+    config = {
+        "out": str(out),
+        "shard_size": 4,
+        "num_workers": 2,
+        "cpus_per_worker": 0.5,
+        "variants": [
+            {"name": "base", "model": model, "scoring": scoring},
+            {
+                "name": "routed",
+                "model": model,
+                "router": {"adapters": str(work / "adapters"), "path": str(work / "router")},
+                "scoring": scoring,
+            },
+        ],
+        "benchmarks": [{"source": str(shared_data / "mcq" / "mirage_sample.json"), "limit": 4}],
+    }
+    path = work / "eval.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    logs = submit(cluster, ["mdkif", "eval", str(path), "--no-progress"], timeout=420)
+    summary = json.loads((out / "summary.json").read_text())
+    cells = {(r["variant"], r["benchmark"]): r for r in summary["results"]}
+    assert {v for v, _ in cells} == {"base", "routed"}, logs[-1500:]
+    for (variant, bench), r in cells.items():
+        assert r["n"] == 4, (variant, bench)
+        lines = (out / variant / bench / "predictions.jsonl").read_text().splitlines()
+        rows = [json.loads(x) for x in lines]
+        assert len(rows) == 4, (variant, bench)
+        assert sum(row["prediction"] == row["gold"] for row in rows) == r["correct"], (variant, bench)
+    assert (out / "report.md").is_file() and (out / "accuracy.png").stat().st_size > 1000
+
+
+def test_stage_serve(cluster, work):
+    for need in ("adapters/skills.json", "router/router.json", "rag/index_manifest.json"):
+        _need(work / need, "an earlier stage")
+    app = {
+        "model": {"name": "tiny"},
+        "adapters_dir": str(work / "adapters"),
+        "profiles": {"routed": {"router": str(work / "router"), "rag": True, "k": 2}},
+        "rag": {"persist_dir": str(work / "rag")},
+        "limits": {"max_prompt_tokens": 512, "max_tokens": 64},
+        "routed_model": {"ray_actor_options": {"num_cpus": 0.5}},
+        "retriever": {"ray_actor_options": {"num_cpus": 0.25}},
+        "ingress": {"ray_actor_options": {"num_cpus": 0.1}},
+    }
+    config = {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": SERVE_PORT},
+        "applications": [
+            {"name": "mdkif", "route_prefix": "/", "import_path": "mdkif.serving.app:build_app", "args": app}
+        ],
+    }
+    path = work / "serve.yaml"
+    path.write_text(json.dumps(config))
+    serve_cli = [str(RAY.parent / "serve")]
+    addr = ["--address", cluster.address]
+    deploy = subprocess.run(
+        [*serve_cli, "deploy", str(path), *addr],
+        cwd=REPO,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    try:
+        deadline = time.monotonic() + 300
+        status = ""
+        while time.monotonic() < deadline:
+            status = subprocess.run(
+                [*serve_cli, "status", *addr], env=cluster.env, capture_output=True, text=True, timeout=60
+            ).stdout
+            if re.search(r"status: RUNNING", status) or "DEPLOY_FAILED" in status:
+                break
+            time.sleep(3)
+        assert "DEPLOY_FAILED" not in status and "RUNNING" in status, status
+        body = {
+            "model": "tiny:routed",
+            "messages": [{"role": "user", "content": "What is the first treatment for anaphylaxis?"}],
+            "max_tokens": 8,
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{SERVE_PORT}/v1/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=180) as response:
+            reply = json.loads(response.read())
+        assert reply["model"] == "tiny:routed"
+        assert reply["usage"]["completion_tokens"] >= 1
+        assert isinstance(reply["choices"][0]["message"]["content"], str)
+        assert len(reply["mdkif"]["passages"]) == 2  # the retriever deployment answered too
+    finally:
+        subprocess.run(
+            [*serve_cli, "shutdown", "-y", *addr], env=cluster.env, capture_output=True, timeout=120
+        )

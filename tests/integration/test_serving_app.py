@@ -237,7 +237,12 @@ def test_dead_replica_fails_cleanly_then_is_replaced(server):
     replica = _model_replica()
     worker = threading.Thread(target=long_request)
     worker.start()
-    time.sleep(1.0)
+    # Kill once the replica holds the request (a fixed sleep raced a fast machine: the 900 tokens were done
+    # before the kill landed). The replica answers this on its own thread, not blocked by generation.
+    deadline = time.monotonic() + 30
+    while ray.get(replica.get_num_ongoing_requests.remote()) < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert worker.is_alive(), f"the request ended before it could be interrupted: {result}"
     killed = time.monotonic()
     ray.kill(replica, no_restart=True)
     worker.join(timeout=30)

@@ -75,3 +75,59 @@ def test_bitsandbytes_quantisation_runs_on_cpu(cache, quant, layer_type):
     # Quantisation perturbs but does not destroy the model: logits stay strongly correlated.
     corr = torch.corrcoef(torch.stack([lq.flatten(), lf.flatten()]))[0, 1]
     assert corr > 0.9
+
+
+def _slow_writer(target: str, log: str) -> None:
+    import time
+    from pathlib import Path
+
+    from mdkif.models.loading import _atomic_dir
+
+    def write(tmp):
+        with open(log, "a") as fh:
+            fh.write("w\n")
+        time.sleep(0.5)  # long enough that the other process asks while this one is still writing
+        (tmp / "config.json").write_text('{"model_type": "llama"}')
+
+    out = _atomic_dir(Path(target), write)
+    assert (out / "config.json").is_file()
+
+
+def test_cache_dir_is_built_once_when_processes_race(tmp_path):
+    import multiprocessing as mp
+
+    target, log = tmp_path / "models" / "m", tmp_path / "writes.log"
+    procs = [
+        mp.get_context("spawn").Process(target=_slow_writer, args=(str(target), str(log))) for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert log.read_text() == "w\n"  # one conversion; the others waited and reused it
+    assert sorted(x.name for x in target.iterdir()) == [".mdkif_complete", "config.json"]
+    assert [x.name for x in target.parent.iterdir() if x.name.startswith(".m.") and x.is_dir()] == []
+
+
+def test_incomplete_cache_dir_is_rebuilt_not_loaded(tmp_path):
+    from mdkif.models.loading import _atomic_dir
+
+    target = tmp_path / "m"
+    target.mkdir()
+    (target / "tokenizer.json").write_text("{}")  # a half-copied cache: no config.json, no marker
+    out = _atomic_dir(target, lambda tmp: (tmp / "config.json").write_text("{}"))
+    assert sorted(x.name for x in out.iterdir()) == [".mdkif_complete", "config.json"]
+
+
+def test_model_cache_is_written_by_a_non_zero_rank(cache, monkeypatch):
+    # Inside a Ray Train worker torch.distributed is up; transformers then skips save_pretrained on every
+    # rank but 0, which left rank 1's model cache without config.json or weights.
+    import transformers.distributed.mixin as mixin
+
+    monkeypatch.setattr(mixin, "_is_torch_distributed_initialized", lambda: True)
+    monkeypatch.setattr(mixin, "_get_torch_distributed_rank", lambda: 1)
+    loaded = load_model(name="tiny")
+    names = {p.name for p in cache.glob("models/tiny-llama-*/*")}
+    assert {"config.json", "model.safetensors", "tokenizer.json", ".mdkif_complete"} <= names
+    assert loaded.num_parameters > 0

@@ -12,6 +12,7 @@ then loaded by one call with the requested dtype, device and bitsandbytes quanti
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -101,24 +102,58 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+_COMPLETE = ".mdkif_complete"  # written last into a cache dir; a dir without it is never used
+
+
 def _atomic_dir(target: Path, write: Any) -> Path:
-    """Create `target` by writing into a temp dir beside it and renaming, so a crash leaves no half cache."""
-    if target.is_dir():
+    """Create `target` once: one writer at a time (a file lock beside it), into a temp dir renamed into place.
+
+    Several processes asking at once (Ray workers on a fresh node) wait for the first writer and reuse its
+    result instead of converting in parallel. A directory left without the completion marker (written by a
+    build before the marker existed, or copied half-way) is moved aside and rebuilt, never loaded.
+    """
+    if (target / _COMPLETE).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model cache is meant to be shared
+    with (target.parent / f".{target.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            tmp.rename(target)
-        except OSError:
-            # Another process finished the same conversion first: keep theirs.
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            if (target / _COMPLETE).is_file():
+                return target  # another process built it while we waited
+            if target.exists():
+                stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
+                log.warning("%s is incomplete (no %s); rebuilding it", target, _COMPLETE)
+                os.replace(target, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+            try:
+                write(tmp)
+                (tmp / _COMPLETE).write_text("")
+                tmp.chmod(0o755)  # mkdtemp makes it private; a model cache is meant to be shared
+                os.replace(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return target
+
+
+def save_model_dir(model: Any, tokenizer: Any, out: Path) -> None:
+    """Write `model` and `tokenizer` as a Hugging Face directory from whichever process calls this.
+
+    transformers (5.x) silently skips `save_pretrained` on every rank but 0 once torch.distributed is up,
+    which is the case inside a Ray Train worker: a model cache built there by rank 1 came out without
+    config.json or weights. A cache write is local, so this process writes regardless of its rank, and the
+    files are checked before the directory is used.
+    """
+    model.should_save_on_this_rank = lambda is_main_process=True: True
+    try:
+        model.save_pretrained(out, safe_serialization=True)
+    finally:
+        del model.should_save_on_this_rank
+    tokenizer.save_pretrained(out)
+    if not (out / "config.json").is_file() or not any(out.glob("*.safetensors")):
+        raise ModelError(f"saving the model to {out} wrote no config.json or weights: {sorted(os.listdir(out))}")
 
 
 def convert_gguf(gguf_path: Path, cfg: ModelConfig) -> Path:
@@ -138,8 +173,7 @@ def convert_gguf(gguf_path: Path, cfg: ModelConfig) -> Path:
             del model.config.quantization_config
         model.hf_quantizer = None
         model.is_quantized = False
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        save_model_dir(model, tok, tmp)
         (tmp / "mdkif_source.json").write_text(json.dumps({"gguf": str(gguf_path)}))
 
     return _atomic_dir(target, write)
@@ -180,8 +214,7 @@ def build_tiny(tiny: TinyModelConfig, cfg: ModelConfig) -> Path:
             tie_word_embeddings=True,
         )
         torch.manual_seed(tiny.seed)
-        LlamaForCausalLM(config).save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        save_model_dir(LlamaForCausalLM(config), tok, tmp)
 
     return _atomic_dir(target, write)
 

@@ -325,14 +325,14 @@ def merge_adapter(base: dict[str, Any], adapter_dir: Path, out_dir: Path) -> Pat
     from peft import PeftModel
 
     from mdkif.models import ModelConfig, load_model
+    from mdkif.models.loading import save_model_dir
 
     if (out_dir / "config.json").is_file():
         return out_dir
     loaded = load_model(ModelConfig(**{**base, "quantization": "none", "device": "cpu", "dtype": "float32"}))
     merged = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).merge_and_unload()
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    merged.save_pretrained(str(tmp), safe_serialization=True)
-    loaded.tokenizer.save_pretrained(str(tmp))
+    save_model_dir(merged, loaded.tokenizer, tmp)
     tmp.rename(out_dir)
     return out_dir
 
