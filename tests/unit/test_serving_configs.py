@@ -94,3 +94,10 @@ def test_paths_become_absolute(tmp_path):
         load_app_config({"adapters_dir": "adapters", "profiles": {"p": {"weights": {"a": 1}}}}), base=tmp_path
     )
     assert cfg.adapters_dir == adapters.resolve() and cfg.served_name == "smollm2-135m-instruct"
+
+
+def test_routed_model_block_with_only_resources_keeps_a_batch_sized_cap():
+    cfg = load_app_config({"routed_model": {"ray_actor_options": {"num_cpus": 0.5}}})
+    assert cfg.routed_model.max_ongoing_requests == 64
+    big = load_app_config({"batching": {"max_batch_size": 128}, "routed_model": {"num_replicas": 2}})
+    assert big.routed_model.max_ongoing_requests == 128

@@ -126,11 +126,16 @@ class ServeAppConfig(StrictModel):
                 raise ValueError(f"profile '{name}' routes skills: set adapters_dir")
             if p.rag and self.rag is None:
                 raise ValueError(f"profile '{name}' has rag: true but the rag block is null")
-        if (
-            self.batching.enabled
-            and (self.routed_model.max_ongoing_requests or 5) < self.batching.max_batch_size
-        ):
-            raise ValueError("routed_model.max_ongoing_requests must be >= batching.max_batch_size")
+        if self.routed_model.max_ongoing_requests is None:
+            # A routed_model block that sets only resources keeps a cap that lets batches fill
+            # (Serve's own default of 5 would cap every batch at 5).
+            self.routed_model.max_ongoing_requests = max(64, self.batching.max_batch_size)
+        if self.batching.enabled and self.routed_model.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(
+                f"routed_model.max_ongoing_requests ({self.routed_model.max_ongoing_requests}) must be >= "
+                f"batching.max_batch_size ({self.batching.max_batch_size}): a replica never sees more "
+                "requests at once than it admits"
+            )
         return self
 
     @property
