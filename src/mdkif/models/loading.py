@@ -153,7 +153,9 @@ def save_model_dir(model: Any, tokenizer: Any, out: Path) -> None:
         del model.should_save_on_this_rank
     tokenizer.save_pretrained(out)
     if not (out / "config.json").is_file() or not any(out.glob("*.safetensors")):
-        raise ModelError(f"saving the model to {out} wrote no config.json or weights: {sorted(os.listdir(out))}")
+        raise ModelError(
+            f"saving the model to {out} wrote no config.json or weights: {sorted(os.listdir(out))}"
+        )
 
 
 def convert_gguf(gguf_path: Path, cfg: ModelConfig) -> Path:
