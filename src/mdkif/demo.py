@@ -17,6 +17,7 @@ Every setting below is a default a user can override with `key=value` (`skills_m
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -300,6 +301,7 @@ def serve_demo(cfg: DemoConfig, port: int = 8000) -> None:
     print(f"served answer (through Serve, routed skills + RAG): {answer!r}")
     print(f"curl -s {url}/chat/completions -H 'Content-Type: application/json' -d '{body}'")
     print("Ctrl-C stops the server")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever an earlier stage's library set
     try:
         while True:
             time.sleep(1)

@@ -4,6 +4,7 @@ manifest and curves, skip-finished on re-run, and a worker killed mid-run that r
 from __future__ import annotations
 
 import json
+import signal
 import os
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def test_skills_shared_and_data_parallel_then_skip_on_rerun(tmp_path):
             out, "skills={qa: {workers: 2}, nli: {}, ner: {}, summarization: {}}", "ray.num_workers=2"
         ),
     )
+    sigint = signal.getsignal(signal.SIGINT)
     manifest = run_skills(cfg)
+    assert signal.getsignal(signal.SIGINT) is sigint  # Ray Train's abort handler does not outlive fit()
     names = [t["name"] for t in manifest["trainers"]]
     assert names == ["skills-shared", "skill-qa"]
     assert sorted(s for b in manifest["trainers"][0]["skills"] for s in b) == ["ner", "nli", "summarization"]

@@ -66,7 +66,36 @@ def ray_context() -> WorkerContext | None:
         return None
     from ray.train.torch import get_device
 
-    return WorkerContext(rank, world, get_device(), lambda m: ray.train.report(m), in_ray=True)
+    _quiet_ray_report_log()
+    return WorkerContext(rank, world, get_device(), _report_with_progress, in_ray=True)
+
+
+def _quiet_ray_report_log() -> None:
+    """Ray Train logs every report as a full `TrainingReport(...)` repr at INFO; keep only its warnings."""
+    import importlib
+
+    try:
+        module = importlib.import_module("ray.train.v2._internal.execution.context")
+    except ImportError:  # another Ray layout: leave its logging alone
+        return
+    logging.getLogger(module.__file__).setLevel(logging.WARNING)
+
+
+def _report_with_progress(metrics: dict[str, Any]) -> None:
+    """`ray.train.report`, plus one short progress line per training step (Ray forwards it to the driver)."""
+    import ray.train
+
+    if metrics.get("skill") and "loss" in metrics and "total_steps" in metrics:
+        # Straight to the process's stdout: Ray Train patches `print` into its logger and, when stdout is
+        # wrapped, tees it as well, which printed every line twice.
+        out = sys.__stdout__
+        if out is not None:
+            out.write(
+                f"{metrics['skill']}: step {metrics['step']}/{metrics['total_steps']}  "
+                f"loss {metrics['loss']:.3f}  {metrics.get('step_seconds', 0.0):.1f} s/step\n"
+            )
+            out.flush()
+    ray.train.report(metrics)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -114,7 +116,14 @@ def _fit(loop_config: dict[str, Any], num_workers: int, cfg: CommonStage, name: 
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
         ),
     )
-    trainer.fit()
+    # TorchTrainer.fit installs a SIGINT handler that aborts its run and leaves it installed afterwards:
+    # a later Ctrl-C in the same process (the demo's server loop) then calls into a dead controller.
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
 
 
 def run_trainers(plans: list[tuple[dict[str, Any], int, str]], cfg: CommonStage) -> None:
