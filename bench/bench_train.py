@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from mdkif.skills.runner import fast_train_reports
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 
@@ -139,6 +141,7 @@ def part_overhead(args: argparse.Namespace, work: Path) -> dict:
         train_loop_per_worker({"job": job, "report": seen.append})
         runs["direct"] += seen[1:] if rnd else seen
 
+        fast_train_reports()
         ray.init(include_dashboard=True, num_cpus=args.cpus, log_to_driver=False)
         try:
             job = mdkif_job(
@@ -215,6 +218,7 @@ def part_parallel(args: argparse.Namespace, work: Path) -> dict:
             "skills": len(trained),
         }
 
+    fast_train_reports()
     ray.init(include_dashboard=True, num_cpus=args.cpus, log_to_driver=False)
     try:
         parallel = once("parallel", args.cpus, 1.0)

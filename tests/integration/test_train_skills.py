@@ -4,8 +4,8 @@ manifest and curves, skip-finished on re-run, and a worker killed mid-run that r
 from __future__ import annotations
 
 import json
-import signal
 import os
+import signal
 from pathlib import Path
 
 import pytest

@@ -217,6 +217,9 @@ def run_tune(cfg: SearchConfig) -> dict[str, Any]:
         # num_cpus sizes a Ray started here; Ray refuses it when joining a running cluster (ray job submit).
         joining = cfg.ray_address is not None or "RAY_ADDRESS" in os.environ
         num_cpus = None if joining else cfg.num_cpus
+        from mdkif.skills.runner import fast_train_reports
+
+        fast_train_reports()  # AdaLoRA trials run a TorchTrainer
         ray.init(address=cfg.ray_address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
     try:

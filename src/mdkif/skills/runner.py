@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -139,6 +140,21 @@ def run_trainers(plans: list[tuple[dict[str, Any], int, str]], cfg: CommonStage)
     ray.get([remote_fit.remote(lc, n, cfg, name) for lc, n, name in plans])
 
 
+# Ray Train 2.60's controller collects results every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s) and a
+# worker's `ray.train.report` blocks until its previous result was collected: any step shorter than 2 s was
+# stretched to 2 s (measured: 216 ms of blocking per 1.8 s step of SmolLM2, 2 s per step of the tiny model).
+TRAIN_POLL_S = "0.1"
+
+
+def fast_train_reports() -> None:
+    """Let a Ray started by this process poll Train workers every 0.1 s (unless the user chose a value).
+
+    Must run before `ray.init`: the Train controller is a Ray actor and reads the variable from the
+    environment its worker process inherits. Jobs on a running cluster get it from cluster/runtime_env.yaml.
+    """
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
+
+
 class _RaySession:
     """Start (or join) Ray for a stage and stop what we started, even when training fails."""
 
@@ -149,6 +165,7 @@ class _RaySession:
         import ray
 
         if self.cfg.ray.enabled and not ray.is_initialized():
+            fast_train_reports()
             ray.init(address=self.cfg.ray.address, include_dashboard=True, log_to_driver=True)
             self.started = True
         return self
