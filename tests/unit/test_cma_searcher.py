@@ -68,3 +68,23 @@ def test_generation_waits_for_its_trials_and_state_round_trips(tmp_path):
     again = CmaEsSearcher()
     again.restore(str(tmp_path / "s.pkl"))
     assert again.suggest("b0") == nxt
+
+
+def test_points_to_evaluate_run_first_and_seed_the_mean():
+    import pytest
+
+    start = {"lr": 1e-3, "x": -1.0, "n": 2, "nested.mode": "a"}
+    s = CmaEsSearcher(
+        SPACE, metric="loss", mode="min", popsize=4, sigma0=0.1, seed=0, points_to_evaluate=[start]
+    )
+    first = s.suggest("t0")
+    assert first == {"lr": 1e-3, "x": -1.0, "n": 2, "fixed": "keep", "nested": {"mode": "a"}}
+    s.on_trial_complete("t0", {"loss": objective(first)})
+    assert s.history[0]["given"] and s.history[0]["value"] == objective(first)
+    # CMA-ES samples start around the given point (sigma 0.1 in the unit box), not the box's centre.
+    xs = [s.suggest(f"t{i}")["x"] for i in range(1, 5)]
+    assert sum(xs) / len(xs) < -0.3
+    with pytest.raises(ValueError, match="must set every searched key"):
+        CmaEsSearcher(SPACE, metric="loss", mode="min", points_to_evaluate=[{"lr": 0.1}])
+    with pytest.raises(ValueError, match="outside"):
+        CmaEsSearcher(SPACE, metric="loss", mode="min", points_to_evaluate=[{**start, "lr": 5.0}])

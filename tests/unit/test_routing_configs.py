@@ -40,3 +40,18 @@ def test_shipped_config_loads(path):
 
 def test_at_least_the_promised_configs_ship():
     assert len(SHIPPED) >= 6 and all(p.is_file() for p in SHIPPED)
+
+
+def test_points_to_evaluate_must_set_the_space_keys(tmp_path):
+    from mdkif.config import ConfigError
+
+    path = tmp_path / "search.yaml"
+    path.write_text(
+        "kind: router\nbase: route/pubmedqa_gradient.yaml\n"
+        "space:\n  gradient.lr: {type: loguniform, low: 0.001, high: 1.0}\n"
+        "  router.temperature: {type: loguniform, low: 0.1, high: 10.0}\n"
+        "searcher: {name: cmaes, points_to_evaluate: [{gradient: {lr: 0.01}, router.temperature: 1.0}, "
+        "{gradient.lr: 0.01}]}\n"
+    )
+    with pytest.raises(ConfigError, match=r"points_to_evaluate\[1\].*router.temperature"):
+        load_config(path, SearchConfig)

@@ -54,6 +54,20 @@ def _param(domain: Domain) -> dict[str, Any]:
     raise ValueError(f"CmaEsSearcher cannot search domain {type(domain).__name__}")
 
 
+def _encode(p: dict[str, Any], x: Any) -> float:
+    """The unit-box coordinate of value `x` (inverse of `_decode`, up to rounding)."""
+    if p["kind"] == "choice":
+        if x not in p["values"]:
+            raise ValueError(f"{x!r} is not one of the choices {p['values']}")
+        return (p["values"].index(x) + 0.5) / len(p["values"])
+    lo, hi, v = p["low"], p["high"], float(x)
+    if not lo <= v <= hi:
+        raise ValueError(f"{x!r} is outside [{lo}, {hi}]")
+    if p["log"]:
+        return (math.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    return (v - lo) / (hi - lo)
+
+
 def _decode(p: dict[str, Any], u: float) -> Any:
     u = min(max(float(u), 0.0), 1.0)
     if p["kind"] == "choice":
@@ -78,8 +92,12 @@ class CmaEsSearcher(Searcher):
         metric, mode: what to optimise (`mode` "min" or "max").
         popsize: candidates per generation (default: cma's 4 + 3 ln d).
         sigma0: initial step size in the unit box.
-        x0: starting point in the unit box (default: its centre).
+        x0: starting point in the unit box (default: its centre, or the first of `points_to_evaluate`).
         seed: seed of CMA-ES's sampler (0 would mean "random" to cma, so seed + 1 is passed).
+        points_to_evaluate: known configurations (flat "a.b" keys or nested) run first, before any
+            CMA-ES sample, as Tune's other searchers do; the first one is also CMA-ES's starting mean
+            unless `x0` is given. Their results are recorded but not told to CMA-ES (it only takes
+            whole generations of its own samples).
     """
 
     def __init__(
@@ -91,9 +109,16 @@ class CmaEsSearcher(Searcher):
         sigma0: float = 0.3,
         x0: list[float] | None = None,
         seed: int = 0,
+        points_to_evaluate: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self._popsize, self._sigma0, self._x0, self._seed = popsize, sigma0, x0, seed
+        # Tune flattens nested keys with "/"; users write "a.b" (as in config overrides) or nest.
+        self._points = [
+            {k.replace(".", "/"): v for k, v in flatten_dict(dict(p)).items()}
+            for p in points_to_evaluate or []
+        ]
+        self._given: dict[str, dict[str, Any]] = {}  # trial id -> a point_to_evaluate config
         self._es: Any = None
         self._params: dict[str, dict[str, Any]] = {}
         self._const: dict[str, Any] = {}
@@ -118,7 +143,18 @@ class CmaEsSearcher(Searcher):
         opts: dict[str, Any] = {"bounds": [0.0, 1.0], "seed": self._seed + 1, "verbose": -9}
         if self._popsize:
             opts["popsize"] = self._popsize
-        self._es = cma.CMAEvolutionStrategy(self._x0 or [0.5] * d, self._sigma0, opts)
+        for point in self._points:
+            unknown = sorted(set(point) - set(self._params) - set(self._const))
+            if unknown or set(self._params) - set(point):
+                dotted = sorted(k.replace("/", ".") for k in self._params)
+                raise ValueError(
+                    f"points_to_evaluate entry {point} must set every searched key {dotted}"
+                    + (f"; unknown keys {[k.replace('/', '.') for k in unknown]}" if unknown else "")
+                )
+        x0 = self._x0
+        if x0 is None and self._points:
+            x0 = [min(max(_encode(p, self._points[0][k]), 0.0), 1.0) for k, p in self._params.items()]
+        self._es = cma.CMAEvolutionStrategy(x0 or [0.5] * d, self._sigma0, opts)
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         if self._es is not None:
@@ -136,6 +172,10 @@ class CmaEsSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self._es is None:
             raise RuntimeError("CmaEsSearcher has no search space: pass `space` or a Tuner param_space")
+        if self._points:
+            flat = {**self._const, **self._points.pop(0)}
+            self._given[trial_id] = flat
+            return unflatten_dict(flat)
         if not self._queue:
             if self._gen:
                 return None  # the generation is out; wait for its trials before asking again
@@ -153,6 +193,18 @@ class CmaEsSearcher(Searcher):
         return unflatten_dict(flat)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._given:
+            flat = self._given.pop(trial_id)
+            ok = not error and result and self._metric in result
+            self.history.append(
+                {
+                    "trial_id": trial_id,
+                    "value": float(result[self._metric]) if ok else None,
+                    "config": unflatten_dict(flat),
+                    "given": True,
+                }
+            )
+            return
         idx = self._live.pop(trial_id, None)
         if idx is None:
             return
@@ -181,6 +233,8 @@ class CmaEsSearcher(Searcher):
             "_sigma0",
             "_x0",
             "_seed",
+            "_points",
+            "_given",
             "_es",
             "_params",
             "_const",

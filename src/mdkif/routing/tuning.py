@@ -18,6 +18,7 @@ import copy
 import csv
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +68,11 @@ class SearcherSettings(StrictModel):
     )
     popsize: int | None = Field(None, ge=2, description="CMA-ES candidates per generation")
     sigma0: float = Field(0.3, gt=0, description="CMA-ES initial step in the unit box")
+    points_to_evaluate: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="configs run first, e.g. [{gradient.lr: 0.01, router.temperature: 1.0}]; with cmaes the "
+        "first one is also the starting mean",
+    )
     seed: int = 0
 
 
@@ -104,6 +110,13 @@ class SearchConfig(StrictModel):
     def _kind(self) -> SearchConfig:
         if self.kind == "adalora" and self.adalora is None:
             raise ValueError("kind adalora needs an `adalora:` block (skill, workers)")
+        for i, point in enumerate(self.searcher.points_to_evaluate):
+            keys = set(_flat_params(point))
+            if keys != set(self.space):
+                raise ValueError(
+                    f"searcher.points_to_evaluate[{i}] sets {sorted(keys)}; it must set exactly the space's "
+                    f"keys {sorted(self.space)}"
+                )
         return self
 
 
@@ -178,13 +191,38 @@ def adalora_trial(params: dict[str, Any], base: dict[str, Any], trial: dict[str,
     tune.report({"val_loss": metrics["val_loss_after"], "val_loss_before": metrics.get("val_loss_before")})
 
 
+def _launch_index(path: str | None, trial_id: str | None) -> int | None:
+    """Tune's launch counter for a trial, read from its directory name `<trainable>_<id>_<n>_<params>_<date>`.
+
+    Trial ids are random hex in Ray 2.60, so sorting by id says nothing about which trial ran first.
+    """
+    if not path or not trial_id:
+        return None
+    found = re.search(rf"_{re.escape(str(trial_id))}_(\d+)_", Path(path).name)
+    return int(found.group(1)) if found else None
+
+
 def make_searcher(cfg: SearchConfig) -> Any:
     from mdkif.routing.searcher import CmaEsSearcher
 
-    if cfg.searcher.name == "random":
-        return None  # Tune's default: random / grid sampling of the param space
     s = cfg.searcher
-    return CmaEsSearcher(metric=cfg.metric, mode=cfg.mode, popsize=s.popsize, sigma0=s.sigma0, seed=s.seed)
+    if s.name == "random":  # Tune's default: random / grid sampling of the param space
+        if not s.points_to_evaluate:
+            return None
+        from ray.tune.search import BasicVariantGenerator
+        from ray.tune.utils.util import unflatten_dict
+
+        return BasicVariantGenerator(
+            points_to_evaluate=[unflatten_dict(dict(p)) for p in s.points_to_evaluate]
+        )
+    return CmaEsSearcher(
+        metric=cfg.metric,
+        mode=cfg.mode,
+        popsize=s.popsize,
+        sigma0=s.sigma0,
+        seed=s.seed,
+        points_to_evaluate=s.points_to_evaluate or None,
+    )
 
 
 def run_tune(cfg: SearchConfig) -> dict[str, Any]:
@@ -241,7 +279,8 @@ def run_tune(cfg: SearchConfig) -> dict[str, Any]:
             ray.shutdown()
     rows = []
     for r in grid:
-        row = {"trial_id": r.metrics.get("trial_id") if r.metrics else None, "error": bool(r.error)}
+        trial_id = r.metrics.get("trial_id") if r.metrics else None
+        row = {"trial_id": trial_id, "launch": _launch_index(r.path, trial_id), "error": bool(r.error)}
         row.update({f"config.{k}": v for k, v in _flat_params(r.config or {}).items()})
         row.update(
             {
@@ -251,7 +290,7 @@ def run_tune(cfg: SearchConfig) -> dict[str, Any]:
             }
         )
         rows.append(row)
-    rows.sort(key=lambda r: str(r["trial_id"]))  # Tune numbers trials in launch order
+    rows.sort(key=lambda r: (r["launch"] is None, r["launch"] or 0, str(r["trial_id"])))
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with (out / "results.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
