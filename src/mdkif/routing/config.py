@@ -62,7 +62,10 @@ class GradientSettings(StrictModel):
 
 class CmaesSettings(StrictModel):
     max_evals: int = Field(
-        60, ge=2, description="candidate evaluations (each one forward over the k examples)"
+        60,
+        ge=2,
+        description="budget of candidate evaluations (each one forward over the k examples); CMA-ES stops "
+        "after the generation that reaches it, so up to max_evals + popsize - 1 run",
     )
     popsize: int | None = Field(None, ge=2, description="default: cma's 4 + 3 ln(d)")
     sigma0: float = Field(0.5, gt=0, description="initial step size on the logits")
