@@ -55,3 +55,17 @@ def test_points_to_evaluate_must_set_the_space_keys(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"points_to_evaluate\[1\].*router.temperature"):
         load_config(path, SearchConfig)
+
+
+def test_random_search_runs_the_given_points_as_nested_configs(tmp_path):
+    from mdkif.routing.tuning import make_searcher
+
+    path = tmp_path / "search.yaml"
+    path.write_text(
+        "kind: router\nbase: route/pubmedqa_gradient.yaml\n"
+        "space:\n  gradient.lr: {type: loguniform, low: 0.001, high: 1.0}\n"
+        "  router.temperature: {type: loguniform, low: 0.1, high: 10.0}\n"
+        "searcher: {name: random, points_to_evaluate: [{gradient.lr: 0.01, router: {temperature: 2.0}}]}\n"
+    )
+    searcher = make_searcher(load_config(path, SearchConfig))
+    assert searcher._points_to_evaluate == [{"gradient": {"lr": 0.01}, "router": {"temperature": 2.0}}]

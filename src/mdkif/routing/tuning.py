@@ -128,6 +128,14 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
+def _nested(point: dict[str, Any]) -> dict[str, Any]:
+    """`{"gradient.lr": 0.01}` or `{"gradient": {"lr": 0.01}}` -> the nested config Tune trials receive."""
+    out: dict[str, Any] = {}
+    for key, value in _flat_params(point).items():
+        _set(out, key, value)
+    return out
+
+
 def _flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in config.items():
@@ -210,11 +218,8 @@ def make_searcher(cfg: SearchConfig) -> Any:
         if not s.points_to_evaluate:
             return None
         from ray.tune.search import BasicVariantGenerator
-        from ray.tune.utils.util import unflatten_dict
 
-        return BasicVariantGenerator(
-            points_to_evaluate=[unflatten_dict(dict(p)) for p in s.points_to_evaluate]
-        )
+        return BasicVariantGenerator(points_to_evaluate=[_nested(p) for p in s.points_to_evaluate])
     return CmaEsSearcher(
         metric=cfg.metric,
         mode=cfg.mode,

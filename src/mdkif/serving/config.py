@@ -107,7 +107,7 @@ class ServeAppConfig(StrictModel):
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads in the model replica.")
     ingress: DeploymentSettings = Field(default_factory=DeploymentSettings)
     routed_model: DeploymentSettings = Field(
-        default_factory=lambda: DeploymentSettings(max_ongoing_requests=64)
+        default_factory=DeploymentSettings, description="max_ongoing_requests unset: max(64, max_batch_size)"
     )
     retriever: DeploymentSettings = Field(default_factory=DeploymentSettings)
 
