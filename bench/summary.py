@@ -92,6 +92,21 @@ def fusion_rows(d: dict[str, Any]) -> list[Row]:
     ]
 
 
+def answer_loss_rows(d: dict[str, Any]) -> list[Row]:
+    s = d["seconds"]
+    return [
+        Row(
+            "fusion",
+            f"router task loss, LM head on answer positions (k={d['batch'][0]})",
+            s["kept"],
+            s["full"],
+            "full logits, same fused model and batch",
+            "s",
+            _ratio(s["kept"], s["full"]),
+        )
+    ]
+
+
 def rag_rows(d: dict[str, Any]) -> list[Row]:
     rows = []
     r = d["recall"]
@@ -213,6 +228,7 @@ def train_rows(d: dict[str, Any]) -> list[Row]:
 READERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "eval_scoring.json": eval_rows,
     "fusion.json": fusion_rows,
+    "answer_loss.json": answer_loss_rows,
     "rag.json": rag_rows,
     "serve.json": serve_rows,
     "train.json": train_rows,

@@ -50,7 +50,7 @@ def test_targets_are_judged_and_missing_results_listed(tmp_path):
     assert rows[0].value == pytest.approx(24.0) and rows[1].ratio == pytest.approx(3.1)
     assert "serve.json" not in missing and "fusion.json" in missing
     assert (
-        "Not run (no results file): eval_scoring.json, fusion.json, rag.json, train.json"
+        "Not run (no results file): eval_scoring.json, fusion.json, answer_loss.json, rag.json, train.json"
         in summary.render(rows, missing)
     )
 

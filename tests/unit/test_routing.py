@@ -120,3 +120,33 @@ def test_route_config_rejects_l1_under_softmax(tmp_path):
             },
             "r",
         )
+
+
+def test_answer_loss_on_kept_positions_equals_full_logits(setup):
+    """Only target-predicting positions go through the LM head; loss and router gradient are unchanged."""
+    from mdkif.routing.data import Batch, _accepts_logits_to_keep, answer_loss
+
+    fused, _, train, _ = setup
+    assert _accepts_logits_to_keep(fused)
+    # Varied prompt lengths, so rows' targets sit at different positions (the union of them is kept).
+    short = train.select([0, 1, 2])
+    width = short.input_ids.shape[1] - 5
+    varied = Batch(
+        train.input_ids[:6, :width],
+        torch.ones(6, width, dtype=torch.long),
+        torch.full((6, width), -100),
+        torch.zeros(6, width, dtype=torch.long),
+    )
+    for i, pos in enumerate((width - 1, width - 3, width - 7, width - 2, width - 4, width - 1)):
+        varied.labels[i, pos] = varied.input_ids[i, pos]
+    full = type("Full", (), {"__call__": lambda self, **kw: fused(**kw)})()  # hides the signature
+    w = torch.tensor([0.7, 0.4], requires_grad=True)
+    for batch in (short, varied):
+        fused.set_weights(w)
+        kept = answer_loss(fused, batch, per_example=True)
+        ref = answer_loss(full, batch, per_example=True)
+        assert torch.allclose(kept, ref, atol=1e-5), (kept, ref)
+        (g_kept,) = torch.autograd.grad(kept.sum(), w)
+        fused.set_weights(w)
+        (g_ref,) = torch.autograd.grad(answer_loss(full, batch, per_example=True).sum(), w)
+        assert torch.allclose(g_kept, g_ref, atol=1e-5)
