@@ -103,7 +103,18 @@ def answer_loss_rows(d: dict[str, Any]) -> list[Row]:
             "full logits, same fused model and batch",
             "s",
             _ratio(s["kept"], s["full"]),
-        )
+        ),
+        Row(
+            "fusion",
+            f"CMA-ES candidate on a real task ({Path(d['task']).stem} k={d['batch'][0]}), shipped",
+            s["kept"],
+            s["naive"],
+            "peft re-merge per candidate + model(labels=...)",
+            "s",
+            _ratio(s["kept"], s["naive"]),
+            "<= 0.2 (5x cheaper)",
+            s["naive"] >= 5 * s["kept"],
+        ),
     ]
 
 
@@ -154,32 +165,41 @@ def serve_rows(d: dict[str, Any]) -> list[Row]:
     s = d["summary"]
     by = {name: {r["concurrency"]: r for r in runs} for name, runs in d["settings"].items()}
     inproc = by["in-process"][1]["p50_ms"]
-    added = s["serve_added_p50_ms_c1"]
-    on, off = by["serve, batch on"][32]["throughput_rps"], by["serve, batch off"][32]["throughput_rps"]
-    return [
-        Row(
-            "serve",
-            "p50 latency through Serve, concurrency 1",
-            inproc + added,
-            inproc,
-            "model called in-process",
-            "ms",
-            _ratio(inproc + added, inproc),
-            "added p50 < 10 ms",
-            added < 10,
-        ),
-        Row(
-            "serve",
-            "throughput with @serve.batch, concurrency 32",
-            on,
-            off,
-            "batching off",
-            "req/s",
-            _ratio(on, off),
-            ">= 3x",
-            on >= 3 * off,
-        ),
-    ]
+    rows = []
+    for label, tag in (("serve", ""), ("serve direct", "direct_")):
+        if f"{label}, batch off" not in by:
+            continue  # results from before the throughput-optimized path was measured
+        added = s[f"serve_{tag}added_p50_ms_c1"]
+        on, off = (
+            by[f"{label}, batch on"][32]["throughput_rps"],
+            by[f"{label}, batch off"][32]["throughput_rps"],
+        )
+        how = "default proxy" if not tag else "throughput-optimized, direct ingress"
+        rows += [
+            Row(
+                "serve",
+                f"p50 latency through Serve ({how}), concurrency 1",
+                inproc + added,
+                inproc,
+                "model called in-process",
+                "ms",
+                _ratio(inproc + added, inproc),
+                "added p50 < 10 ms",
+                added < 10,
+            ),
+            Row(
+                "serve",
+                f"throughput with @serve.batch ({how}), concurrency 32",
+                on,
+                off,
+                "batching off",
+                "req/s",
+                _ratio(on, off),
+                ">= 3x",
+                on >= 3 * off,
+            ),
+        ]
+    return rows
 
 
 def train_rows(d: dict[str, Any]) -> list[Row]:
