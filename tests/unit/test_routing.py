@@ -150,3 +150,14 @@ def test_answer_loss_on_kept_positions_equals_full_logits(setup):
         fused.set_weights(w)
         (g_ref,) = torch.autograd.grad(answer_loss(full, batch, per_example=True).sum(), w)
         assert torch.allclose(g_kept, g_ref, atol=1e-5)
+
+
+def test_cmaes_never_returns_worse_than_its_start(setup):
+    """Start at the base model (all weights 0) with an L1 penalty no task gain can pay for: every sampled
+    candidate loses to the start, so the fit must hand the start back, not its best sample."""
+    fused, _, train, _ = setup
+    router = SkillRouter(2, fused.num_layers, normalize="linear")
+    with torch.no_grad():
+        router.logits.zero_()
+    fit_cmaes(fused, router, train, max_evals=12, sigma0=0.5, reg="l1", strength=50.0)
+    assert torch.equal(router().detach(), torch.zeros(2))

@@ -101,6 +101,10 @@ def fit_cmaes(
     if x0.size == 1:
         raise ValueError("CMA-ES needs at least two parameters (use two or more skills)")
     es = cma.CMAEvolutionStrategy(x0, sigma0, opts)
+    # The start (uniform weights, or the router's current ones) is the first candidate, so the result is
+    # never worse on the objective than where the search began: with weak skills and a strong penalty,
+    # every sampled candidate can lose to it.
+    es.inject([x0], force=True)
     result = FitResult()
     with torch.no_grad():
         while not es.stop():
