@@ -1,16 +1,20 @@
 """Serving benchmark: Ray Serve vs the model in-process, and @serve.batch on vs off, at concurrency 1/8/32.
 
-    python bench/bench_serve.py                      # tiny model, ~4-6 minutes on a 2-core laptop
+    python bench/bench_serve.py                      # tiny model, ~6-8 minutes on a 2-core laptop
     python bench/bench_serve.py --max-tokens 32 --requests 120
 
 A closed-loop load generator on 127.0.0.1 (each of C client threads sends its next request when the last
 one returns), bounded per setting by --requests and --seconds. Every request is a greedy completion of
-exactly --max-tokens tokens (`ignore_eos`), so all settings do the same work. Three settings:
+exactly --max-tokens tokens (`ignore_eos`), so all settings do the same work. Settings:
 
 - in-process: C threads call the engine directly (no HTTP, no Ray); a lock serialises forwards, so this
   is "no batching, no serving overhead".
 - serve, batch off: HTTP -> proxy -> Ingress -> RoutedModel, one token loop per request.
 - serve, batch on: the same with @serve.batch (max_batch_size 32, 5 ms wait), one loop per batch.
+- serve, no-op app (floor): the same shape with no work (FastAPI ingress -> handle -> echo), C=1.
+- serve direct, ...: the three above again with Serve throughput-optimized (RAY_SERVE_THROUGHPUT_OPTIMIZED=1,
+  as `mdkif serve --throughput-optimized`), requests sent to the Ingress replica's own port; run in a
+  child process because Ray reads that mode when each process imports ray.serve.
 
 Serve's added latency is p50(serve, batch off, C=1) - p50(in-process, C=1). Results go to
 bench/results/serve.{json,md,png}. Model replicas get one CPU and one torch thread, like the in-process
