@@ -36,41 +36,6 @@ class FullLogits:
         return self._fused(**kw)
 
 
-class NaiveRemerge:
-    """The same skills in peft; each candidate restores the base weights, merges `sum_i w_i dW_i` layer by
-    layer (peft cannot combine AdaLoRA adapters itself) and takes the loss the usual way,
-    `model(input_ids, attention_mask, labels=...)`, which computes logits at every position."""
-
-    def __init__(self, model_name: str, paths: list[Path]) -> None:
-        from peft import PeftModel
-        from peft.tuners.adalora.layer import SVDLinear
-
-        from mdkif.models import ModelConfig, load_model
-
-        base = load_model(ModelConfig(name=model_name)).model
-        self.model = PeftModel.from_pretrained(base, str(paths[0]), adapter_name=paths[0].name)
-        for p in paths[1:]:
-            self.model.load_adapter(str(p), adapter_name=p.name)
-        self.model.eval()
-        self.names = [p.name for p in paths]
-        self.layers = [m for m in self.model.modules() if isinstance(m, SVDLinear)]
-        self.originals = [m.get_base_layer().weight.detach().clone() for m in self.layers]
-
-    @torch.no_grad()
-    def candidate_loss(self, w: torch.Tensor, batch) -> float:
-        for m, w0 in zip(self.layers, self.originals, strict=True):
-            weight = m.get_base_layer().weight
-            weight.copy_(w0)
-            for i, n in enumerate(self.names):
-                if n in m.lora_A:
-                    weight.add_(w[i] * m.get_delta_weight(n))
-        with self.model.disable_adapter():  # the base's forward (AdaLoraModel's own adds its orth. loss)
-            out = self.model.get_base_model()(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
-            )
-        return float(out.loss)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -95,7 +60,7 @@ def main() -> None:
     if (Path(args.skills)).is_dir():
         paths = sorted(p.parent for p in Path(args.skills).glob("*/adapter_config.json"))
     else:
-        from bench_fusion import make_adapters
+        from bench_fusion import make_adapters  # the scripts' own folder is on sys.path
 
         tmp = tempfile.TemporaryDirectory()
         paths = make_adapters(args.model, Path(tmp.name), 12, 8, ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -105,6 +70,8 @@ def main() -> None:
     batch = encode(loaded.tokenizer, load_examples(args.task)[: args.k], max_length=args.max_length)
     w = torch.full((len(bank),), 1.0 / len(bank))
     fused.set_weights(w)
+    from bench_fusion import NaiveRemerge
+
     naive = NaiveRemerge(args.model, paths)
     times: dict[str, list[float]] = {"naive": [], "full": [], "kept": []}
     losses = {}

@@ -49,6 +49,51 @@ def make_adapters(model_name: str, root: Path, k: int, init_r: int, targets: lis
     return paths
 
 
+class NaiveRemerge:
+    """The same skills in peft; each candidate restores the base weights, merges `sum_i w_i dW_i` layer by
+    layer (peft cannot combine AdaLoRA adapters itself) and takes the loss the usual way,
+    `model(input_ids, attention_mask, labels=...)`, which computes logits at every position."""
+
+    def __init__(self, model_name: str, paths: list[Path]) -> None:
+        from peft import PeftModel
+        from peft.tuners.adalora.layer import SVDLinear
+
+        from mdkif.models import ModelConfig, load_model
+
+        base = load_model(ModelConfig(name=model_name)).model
+        self.model = PeftModel.from_pretrained(base, str(paths[0]), adapter_name=paths[0].name)
+        for p in paths[1:]:
+            self.model.load_adapter(str(p), adapter_name=p.name)
+        self.model.eval()
+        self.names = [p.name for p in paths]
+        self.layers = [m for m in self.model.modules() if isinstance(m, SVDLinear)]
+        self.originals = [m.get_base_layer().weight.detach().clone() for m in self.layers]
+
+    @torch.no_grad()
+    def merge(self, w: torch.Tensor) -> None:
+        """Restore every adapted base weight and add `sum_i w_i * dW_i` (peft's delta, singular values in)."""
+        for m, w0 in zip(self.layers, self.originals, strict=True):
+            weight = m.get_base_layer().weight
+            weight.copy_(w0)
+            for i, n in enumerate(self.names):
+                if n in m.lora_A:
+                    weight.add_(w[i] * m.get_delta_weight(n))
+
+    @torch.no_grad()
+    def forward(self, **batch):
+        with self.model.disable_adapter():  # the merged base's forward
+            return self.model(**batch)
+
+    @torch.no_grad()
+    def candidate_loss(self, w: torch.Tensor, batch) -> float:
+        self.merge(w)
+        with self.model.disable_adapter():  # the base's forward (AdaLoraModel's own adds its orth. loss)
+            out = self.model.get_base_model()(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
+            )
+        return float(out.loss)
+
+
 def timeit(fn, repeat: int) -> float:
     fn()  # warm-up
     times = []
@@ -71,7 +116,6 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "fusion"))
     args = ap.parse_args()
     torch.set_num_threads(1)  # shared machine: one thread gives steadier ratios
-    from peft import PeftModel
 
     from mdkif.fusion import SkillBank, fuse
     from mdkif.models import ModelConfig, load_model
@@ -86,29 +130,13 @@ def main() -> None:
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
         # Naive: peft holds the K adapters; every candidate re-merges them into restored base weights.
-        naive_model = PeftModel.from_pretrained(
-            load_model(ModelConfig(name=args.model)).model, str(paths[0]), adapter_name="skill0"
-        )
-        for p in paths[1:]:
-            naive_model.load_adapter(str(p), adapter_name=p.name)
-        naive_model.eval()
-        from peft.tuners.adalora.layer import SVDLinear
-
-        svd = [m for m in naive_model.modules() if isinstance(m, SVDLinear)]
-        originals = [m.get_base_layer().weight.detach().clone() for m in svd]
-        names = [p.name for p in paths]
+        naive = NaiveRemerge(args.model, paths)
+        names = naive.names
         gen = torch.Generator().manual_seed(1)
 
-        @torch.no_grad()
         def naive_candidate() -> None:
-            w = torch.randn(len(names), generator=gen)
-            for m, w0 in zip(svd, originals, strict=True):
-                weight = m.get_base_layer().weight
-                weight.copy_(w0)
-                for i, n in enumerate(names):
-                    weight.add_(w[i] * m.get_delta_weight(n))
-            with naive_model.disable_adapter():
-                naive_model(**batch)
+            naive.merge(torch.randn(len(names), generator=gen))
+            naive.forward(**batch)
 
         fused = fuse(loaded.model, bank)
 

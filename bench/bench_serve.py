@@ -202,7 +202,7 @@ def run_serve(mode: str, args, levels: list[int], app_args, profile) -> dict[str
     from ray import serve
 
     from mdkif.serving.app import build_app
-    from mdkif.serving.commands import direct_urls
+    from mdkif.serving.commands import wait_direct_urls
     from mdkif.serving.config import ServeAppConfig
 
     port = 8123 + random.randint(900, 1700)
@@ -231,12 +231,10 @@ def run_serve(mode: str, args, levels: list[int], app_args, profile) -> dict[str
             serve.run(app, name=name, route_prefix=f"/{name}")
             bases[name] = f"http://127.0.0.1:{port}"
             if mode == "direct":
-                deadline = time.monotonic() + 30
-                while not (urls := direct_urls(name)) and time.monotonic() < deadline:
-                    time.sleep(0.5)
+                urls = wait_direct_urls(name, "127.0.0.1")
                 if not urls:
                     raise SystemExit(f"throughput-optimized Serve reported no direct port for app {name!r}")
-                bases[name] = "http://127.0.0.1:" + urls[0].rsplit(":", 1)[1]
+                bases[name] = urls[0]
 
         local = threading.local()
         model_id = "tiny:triage" if profile else args.model.split("/")[-1]

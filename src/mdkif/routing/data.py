@@ -6,6 +6,7 @@ multiple-choice item becomes a prompt listing its options and ending in `Answer:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import random
@@ -114,16 +115,22 @@ def encode(tokenizer: Any, examples: list[TaskExample], max_length: int = 512) -
     return Batch(ids, att, labels, pmask)
 
 
+@functools.cache
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(cls.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 def _accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the causal LM behind `model` takes `logits_to_keep` (looked up once per class)."""
     inner = model
     while not hasattr(inner, "get_output_embeddings") and isinstance(
         getattr(inner, "model", None), torch.nn.Module
     ):
         inner = inner.model  # a FusedModel forwards **kwargs to the causal LM it wraps
-    try:
-        return "logits_to_keep" in inspect.signature(getattr(inner, "forward", None)).parameters
-    except (TypeError, ValueError):
-        return False
+    return _forward_takes_logits_to_keep(type(inner))
 
 
 def answer_loss(model: Any, batch: Batch, per_example: bool = False) -> torch.Tensor:

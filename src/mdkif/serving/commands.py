@@ -40,7 +40,8 @@ def direct_urls(app_name: str) -> list[str]:
     return urls
 
 
-def _wait_direct(app_name: str, host: str, seconds: float = 30.0) -> list[str]:
+def wait_direct_urls(app_name: str, host: str, seconds: float = 30.0) -> list[str]:
+    """`direct_urls` with `host` as the address, once the replicas have ports (up to `seconds`)."""
     deadline = time.monotonic() + seconds
     while True:
         # The replica binds the HTTP host of the config; the controller reports the node's address.
@@ -103,9 +104,9 @@ def serve(
         base = f"http://{http['host']}:{http.get('port', 8000)}{prefix.rstrip('/')}"
         typer.echo(f"{name}: {base}/v1  (models: {base}/v1/models, health: {base}/healthz)")
         if throughput_optimized:
-            for url in _wait_direct(name, http["host"]):
+            for url in wait_direct_urls(name, http["host"]):
                 typer.echo(f"{name} direct: {url}{prefix.rstrip('/')}/v1")
-    typer.echo("serving; Ctrl-C stops", color=False)
+    typer.echo("serving; Ctrl-C stops")
     try:
         while True:
             time.sleep(1)
