@@ -159,12 +159,44 @@ class BenchmarkConfig(StrictModel):
         return self
 
 
+class TaskBenchmarkConfig(StrictModel):
+    """A downstream task to score (a name in `mdkif.data.tasks.TASKS`): classification, multi-label, NER,
+    relations or generation, each with its own metrics, from the skill builders' native files."""
+
+    task: str = Field(description="task name (healthver, mediqa_rqe, pubmedqa, hoc, bc5cdr_ner, meqsum, ...)")
+    split: Literal["train", "dev", "test"] = Field(
+        "test", description="test for reported numbers; train/dev for tuning"
+    )
+    name: str | None = Field(None, pattern=SLUG, description="column label; default: the task name")
+    limit: int | None = Field(None, ge=1, description="first N items of the split")
+
+    @model_validator(mode="after")
+    def _known(self) -> TaskBenchmarkConfig:
+        from mdkif.data.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        return self
+
+    @property
+    def column(self) -> str:
+        return self.name or self.task
+
+
 class EvalConfig(StrictModel):
     """The whole `mdkif eval` run: variants x benchmarks, how it is sharded, and where results go."""
 
     out: Path = Field(Path("runs/eval"), description="output folder (per-item predictions, summary, report)")
     variants: list[VariantConfig] = Field(min_length=1)
-    benchmarks: list[BenchmarkConfig] = Field(min_length=1)
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=list, description="MCQ benchmarks")
+    tasks: list[TaskBenchmarkConfig] = Field(
+        default_factory=list, description="downstream tasks beyond MCQ, scored with their own metrics"
+    )
+    compare_to: list[str] | None = Field(
+        None,
+        description="variants every other variant is compared with by paired tests "
+        "(default: `base` when there is one, else the first variant)",
+    )
     data_root: Path | None = Field(
         None, description="where benchmark names resolve (default $MDKIF_DATA_ROOT)"
     )
@@ -182,10 +214,30 @@ class EvalConfig(StrictModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"variant names must be unique; repeated: {', '.join(dupes)}")
+        if not self.benchmarks and not self.tasks:
+            raise ValueError("give at least one entry in `benchmarks` (MCQ) or `tasks`")
+        unknown = [n for n in self.compare_to or [] if n not in names]
+        if unknown:
+            raise ValueError(f"compare_to names unknown variants {unknown}; variants are {names}")
+        rag = [v.name for v in self.variants if v.retriever is not None]
+        if rag and self.tasks:
+            raise ValueError(
+                f"variants {rag} use a retriever, which applies to MCQ benchmarks only; "
+                "score `tasks` in a matrix without RAG variants"
+            )
         needs_shots = [v.name for v in self.variants if v.scoring.shots > 0]
+        if needs_shots and self.tasks:
+            raise ValueError(f"variants {needs_shots} use k-shot prompts, which `tasks` do not support")
         missing = [b.name or b.source for b in self.benchmarks if b.fewshot is None]
         if needs_shots and missing:
             raise ValueError(
                 f"variants {needs_shots} use k-shot prompts but benchmarks {missing} have no `fewshot` source"
             )
         return self
+
+    def references(self) -> list[str]:
+        """The variants the others are compared with by paired tests."""
+        if self.compare_to:
+            return list(self.compare_to)
+        names = [v.name for v in self.variants]
+        return ["base"] if "base" in names else names[:1]

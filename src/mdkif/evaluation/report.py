@@ -8,7 +8,142 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from mdkif.evaluation import task_metrics as tm
 from mdkif.evaluation.metrics import summarize
+from mdkif.evaluation.paired import mcnemar_exact, paired_bootstrap
+
+MCQ = "mcq"
+
+
+def column_kind(rows: Sequence[dict[str, Any]]) -> str:
+    """`mcq` for multiple-choice rows, else the task kind the rows carry."""
+    return rows[0].get("kind", MCQ) if rows else MCQ
+
+
+def primary_metric(kind: str) -> str:
+    return "accuracy" if kind == MCQ else tm.PRIMARY[kind]
+
+
+def item_stats(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    """(n, D) per-item statistics: `[correct]` for MCQ rows, the scorer's `stats` for task rows."""
+    if column_kind(rows) == MCQ:
+        return np.asarray([[float(bool(r["correct"]))] for r in rows], dtype=float)
+    return np.asarray([r["stats"] for r in rows], dtype=float)
+
+
+def metric_fn(kind: str, labels: Sequence[str] | None):
+    """Summed statistics (R, D) and item counts -> the kind's primary metric (R,), vectorised."""
+    if kind == MCQ:
+        return lambda summed, n: summed[..., 0] / n
+    name = tm.PRIMARY[kind]
+    return lambda summed, n: tm.metrics_from_stats(kind, summed, n, labels)[name]
+
+
+def summarize_column(
+    rows: Sequence[dict[str, Any]], labels: Sequence[str] | None, *, resamples: int, seed: int
+) -> dict[str, Any]:
+    """A variant x column result: the primary metric with its bootstrap CI, every metric, counts."""
+    kind = column_kind(rows)
+    if kind == MCQ:
+        base = summarize(rows, resamples=resamples, seed=seed)
+        return {
+            "kind": MCQ,
+            "metric": "accuracy",
+            "value": base["accuracy"],
+            "metrics": {"accuracy": base["accuracy"]},
+            **base,
+        }
+    golds, preds = _golds_preds(kind, rows)
+    metrics = tm.corpus_metrics(kind, golds, preds, labels)
+    name = tm.PRIMARY[kind]
+    stats = item_stats(rows)
+    low, high = tm.bootstrap_metric(kind, stats, labels, metric=name, resamples=resamples, seed=seed)
+    out: dict[str, Any] = {
+        "kind": kind,
+        "metric": name,
+        "value": float(metrics[name]),
+        "ci_low": low,
+        "ci_high": high,
+        "n": len(rows),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "truncated": sum(bool(r.get("truncated")) for r in rows),
+    }
+    if kind == "classification":
+        out["correct"] = sum(bool(r["correct"]) for r in rows)
+    if kind == "multilabel":
+        out["outside_label_set"] = sum(len(r.get("outside_label_set", [])) for r in rows)
+    return out
+
+
+def _golds_preds(kind: str, rows: Sequence[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """The library scorers' inputs, rebuilt from prediction rows."""
+    if kind == "classification":
+        return [r["gold"] for r in rows], [r["prediction"] for r in rows]
+    if kind == "multilabel":
+        return [r["gold_labels"] for r in rows], [r["prediction"] for r in rows]
+    if kind == "ner":
+        return [r["gold_tags"] for r in rows], [r["pred_tags"] for r in rows]
+    if kind == "relation":
+        golds = [tm.parse_relations(r["gold"]) for r in rows]
+        preds = [{tuple(p.split(" -> ", 1)) for p in r["prediction"]} for r in rows]
+        return golds, preds
+    return [r["gold"] for r in rows], [r["prediction"] for r in rows]
+
+
+def paired_comparisons(
+    predictions: dict[tuple[str, str], list[dict[str, Any]]],
+    variants: Sequence[str],
+    benchmarks: Sequence[str],
+    references: Sequence[str],
+    labels: dict[str, list[str]],
+    *,
+    resamples: int,
+    seed: int,
+    alpha: float = 0.05,
+) -> list[dict[str, Any]]:
+    """Every variant against each reference, per column, on the same items.
+
+    The difference of the primary metric with its paired-bootstrap interval and p (items resampled
+    jointly); for accuracy also McNemar's exact p, which then decides significance.
+    """
+    out = []
+    for ref in references:
+        for v in variants:
+            if v == ref:
+                continue
+            for b in benchmarks:
+                a_rows, b_rows = predictions.get((ref, b)), predictions.get((v, b))
+                if a_rows is None or b_rows is None:
+                    continue
+                if [r["id"] for r in a_rows] != [r["id"] for r in b_rows]:
+                    raise ValueError(f"{ref} and {v} scored different items of {b}: no paired test")
+                kind = column_kind(a_rows)
+                fn = metric_fn(kind, labels.get(b))
+                boot = paired_bootstrap(
+                    item_stats(a_rows), item_stats(b_rows), fn, resamples=resamples, seed=seed
+                )
+                row: dict[str, Any] = {
+                    "variant": v,
+                    "reference": ref,
+                    "benchmark": b,
+                    "metric": primary_metric(kind),
+                    "diff": boot["diff"],
+                    "ci_low": boot["ci_low"],
+                    "ci_high": boot["ci_high"],
+                    "p_bootstrap": boot["p"],
+                    "test": "bootstrap",
+                    "p": boot["p"],
+                }
+                if primary_metric(kind) == "accuracy":
+                    mc = mcnemar_exact([r["correct"] for r in a_rows], [r["correct"] for r in b_rows])
+                    row.update(
+                        test="mcnemar", p=mc["p"], p_mcnemar=mc["p"], b_only=mc["b_only"], a_only=mc["a_only"]
+                    )
+                row["significant"] = bool(row["p"] < alpha)
+                out.append(row)
+    return out
 
 
 def build_summary(
@@ -18,21 +153,30 @@ def build_summary(
     *,
     resamples: int,
     seed: int,
+    references: Sequence[str] = (),
+    labels: dict[str, list[str]] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One result per (variant, benchmark) present, in config order, plus the run's settings."""
+    """One result per (variant, benchmark) present, in config order, the paired tests, the run's settings."""
+    labels = labels or {}
     results = []
     for v in variants:
         for b in benchmarks:
             rows = predictions.get((v, b))
             if rows is None:
                 continue
-            results.append({"variant": v, "benchmark": b, **summarize(rows, resamples=resamples, seed=seed)})
+            col = summarize_column(rows, labels.get(b), resamples=resamples, seed=seed)
+            results.append({"variant": v, "benchmark": b, **col})
+    paired = paired_comparisons(
+        predictions, variants, benchmarks, references, labels, resamples=resamples, seed=seed
+    )
     return {
         "variants": list(variants),
         "benchmarks": list(benchmarks),
         "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95, "method": "percentile"},
+        "references": list(references),
         "results": results,
+        "paired": paired,
         **(extra or {}),
     }
 
@@ -41,34 +185,77 @@ def _pct(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{100 * x:.1f}"
 
 
+METRIC_NAMES = {"accuracy": "acc", "micro_f1": "micro-F1", "f1": "F1", "rougeL": "ROUGE-L"}
+
+
+def _column_metrics(summary: dict[str, Any]) -> dict[str, str]:
+    return {r["benchmark"]: r.get("metric", "accuracy") for r in summary["results"]}
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
-    """Variant rows x benchmark columns: accuracy [95% CI], n and unparsable count, plus a macro mean."""
+    """Variant rows x benchmark columns (primary metric [95% CI]), then the paired tests against references."""
     by = {(r["variant"], r["benchmark"]): r for r in summary["results"]}
     benches = summary["benchmarks"]
+    metric = _column_metrics(summary)
+    paired = {(p["variant"], p["reference"], p["benchmark"]): p for p in summary.get("paired", [])}
+    first_ref = (summary.get("references") or [None])[0]
     lines = [
         "# Evaluation report",
         "",
-        "Accuracy in % with a 95% percentile-bootstrap interval "
-        f"({summary['bootstrap']['resamples']} resamples, seed {summary['bootstrap']['seed']}); "
-        "n items; unp = unparsable or ambiguous answers (counted as wrong). Mean = macro average over benchmarks.",
+        "Each column's primary metric in % (accuracy for multiple choice and classification, micro-F1 for "
+        "multi-label, entity/pair F1 for extraction, ROUGE-L F for generation) with a 95% percentile-bootstrap "
+        f"interval ({summary['bootstrap']['resamples']} resamples, seed {summary['bootstrap']['seed']}); "
+        "n items; unp = unparsable or ambiguous MCQ answers (counted as wrong). Mean = macro average of the "
+        f"columns' primary metrics. `*`: differs from `{first_ref}` at p < 0.05 by the paired test below.",
         "",
-        "| variant | " + " | ".join(benches) + " | mean |",
+        "| variant | "
+        + " | ".join(f"{b} ({METRIC_NAMES.get(metric.get(b, ''), metric.get(b, ''))})" for b in benches)
+        + " | mean |",
         "| --- | " + " | ".join("---" for _ in benches) + " | --- |",
     ]
     for v in summary["variants"]:
-        cells, accs = [], []
+        cells, vals = [], []
         for b in benches:
             r = by.get((v, b))
             if r is None:
                 cells.append("-")
                 continue
-            accs.append(r["accuracy"])
-            unp = r["unparsable"] + r["ambiguous"]
-            cells.append(
-                f"{_pct(r['accuracy'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] n={r['n']} unp={unp}"
-            )
-        mean = _pct(sum(accs) / len(accs)) if accs else "-"
+            value = r.get("value", r.get("accuracy"))
+            vals.append(value)
+            cell = f"{_pct(value)} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] n={r['n']}"
+            if r.get("kind", "mcq") == "mcq":
+                cell += f" unp={r['unparsable'] + r['ambiguous']}"
+            p = paired.get((v, first_ref, b))
+            if p is not None and p["significant"]:
+                cell += " *"
+            cells.append(cell)
+        mean = _pct(sum(vals) / len(vals)) if vals else "-"
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {mean} |")
+    if summary.get("paired"):
+        lines += [
+            "",
+            "## Paired comparisons",
+            "",
+            "Difference of the primary metric (variant minus reference, points) on the same items, with the "
+            "paired-bootstrap 95% interval; p is McNemar's exact test for accuracy columns (b/a: items only "
+            "the variant / only the reference got right), the paired bootstrap's otherwise. `*`: p < 0.05.",
+            "",
+            "| variant | reference | " + " | ".join(benches) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in benches) + " |",
+        ]
+        pairs = list(dict.fromkeys((p["variant"], p["reference"]) for p in summary["paired"]))
+        for v, ref in pairs:
+            cells = []
+            for b in benches:
+                p = paired.get((v, ref, b))
+                if p is None:
+                    cells.append("-")
+                    continue
+                cell = f"{100 * p['diff']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] p={p['p']:.3g}"
+                if p["test"] == "mcnemar":
+                    cell += f" ({p['b_only']}/{p['a_only']})"
+                cells.append(cell + (" *" if p["significant"] else ""))
+            lines.append(f"| {v} | {ref} | " + " | ".join(cells) + " |")
     methods = summary.get("methods")
     if methods:
         lines += ["", "| variant | method |", "| --- | --- |"]
@@ -77,7 +264,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
 
 def plot_chart(summary: dict[str, Any], path: Path) -> None:
-    """Grouped bars (benchmarks on x, one bar per variant) with 95% CI error bars."""
+    """Grouped bars (benchmarks on x, one bar per variant) with 95% CI error bars; `*` marks a significant
+    paired difference from the first reference variant."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on workers or in CI
@@ -85,23 +273,37 @@ def plot_chart(summary: dict[str, Any], path: Path) -> None:
 
     by = {(r["variant"], r["benchmark"]): r for r in summary["results"]}
     benches, variants = summary["benchmarks"], summary["variants"]
+    metric = _column_metrics(summary)
+    first_ref = (summary.get("references") or [None])[0]
+    sig = {
+        (p["variant"], p["benchmark"])
+        for p in summary.get("paired", [])
+        if p["reference"] == first_ref and p["significant"]
+    }
     width = 0.8 / max(1, len(variants))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(benches) * max(1, len(variants)) ** 0.5), 3.8))
     for j, v in enumerate(variants):
         xs, ys, lo, hi = [], [], [], []
         for i, b in enumerate(benches):
             r = by.get((v, b))
-            if r is None or math.isnan(r["accuracy"]):
+            value = None if r is None else r.get("value", r.get("accuracy"))
+            if value is None or math.isnan(value):
                 continue
-            xs.append(i - 0.4 + width * (j + 0.5))
-            ys.append(100 * r["accuracy"])
-            lo.append(100 * (r["accuracy"] - r["ci_low"]))
-            hi.append(100 * (r["ci_high"] - r["accuracy"]))
+            x = i - 0.4 + width * (j + 0.5)
+            xs.append(x)
+            ys.append(100 * value)
+            lo.append(100 * (value - r["ci_low"]))
+            hi.append(100 * (r["ci_high"] - value))
+            if (v, b) in sig:
+                ax.text(x, 100 * r["ci_high"] + 1, "*", ha="center", fontsize=12)
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=v)
-    ax.set_xticks(range(len(benches)), benches)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("Accuracy by benchmark and variant (95% bootstrap CI)")
+    ax.set_xticks(range(len(benches)), [f"{b}\n({METRIC_NAMES.get(metric.get(b, ''), '')})" for b in benches])
+    ax.set_ylabel("primary metric (%)")
+    ax.set_ylim(0, 105)
+    title = "Primary metric by benchmark and variant (95% bootstrap CI)"
+    if sig:
+        title += f"; * p<0.05 vs {first_ref}"
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -28,7 +28,14 @@ from typing import Any
 
 from mdkif.data.mcq import load_benchmark
 from mdkif.data.records import MCQRecord
-from mdkif.evaluation.config import BenchmarkConfig, EvalConfig, VariantConfig
+from mdkif.data.tasks import TaskRecord, load_task
+from mdkif.evaluation.config import (
+    BenchmarkConfig,
+    EvalConfig,
+    FewshotSource,
+    TaskBenchmarkConfig,
+    VariantConfig,
+)
 from mdkif.evaluation.fewshot import load_shots
 from mdkif.evaluation.report import build_summary, write_reports
 from mdkif.evaluation.worker import EvalError, ShardTask, ShardWorker, import_factory
@@ -42,9 +49,13 @@ class Column:
     disjoint from the whole evaluated split, not just from the items this run happens to score.
     """
 
-    bench: BenchmarkConfig
-    records: list[MCQRecord]
-    unseen: list[MCQRecord]
+    bench: BenchmarkConfig | TaskBenchmarkConfig
+    records: list[MCQRecord] | list[TaskRecord]
+    unseen: list[MCQRecord] | list[TaskRecord]
+
+    @property
+    def fewshot(self) -> FewshotSource | None:
+        return getattr(self.bench, "fewshot", None)
 
 
 Columns = dict[str, Column]
@@ -78,7 +89,65 @@ def load_columns(cfg: EvalConfig, limit: int | None = None) -> Columns:
             if len(set(ids)) != len(ids):
                 raise EvalError(f"benchmark column {name!r} holds duplicate item ids")
             columns[name] = Column(bench, items, full.get(name, items))
+    for task in cfg.tasks:
+        name = task.column
+        if name in columns:
+            raise EvalError(f"two entries both produce column {name!r}; give one a `name:`")
+        items = load_task(task.task, task.split, root=data_root(cfg), limit=limit or task.limit)
+        if not items:
+            raise EvalError(f"task {task.task!r} (split {task.split}) has no items")
+        columns[name] = Column(task, items, items)
     return columns
+
+
+def data_root(cfg: EvalConfig) -> Path:
+    """Where task data live: the config's `data_root`, else $MDKIF_DATA_ROOT, else ../shared/data."""
+    if cfg.data_root is not None:
+        return cfg.data_root
+    return Path(os.environ.get("MDKIF_DATA_ROOT", "../shared/data"))
+
+
+def skill_data_ids(adapters: Path) -> tuple[Path | None, set[str]]:
+    """The skill-data folder a bank of adapters was trained from (its skills.json) and every record id in it."""
+    manifest = adapters / "skills.json"
+    if not manifest.is_file():
+        return None, set()
+    folder = Path(json.loads(manifest.read_text(encoding="utf-8")).get("data_dir", ""))
+    ids: set[str] = set()
+    for path in sorted(folder.glob("*/*.jsonl")):
+        with path.open(encoding="utf-8") as fh:
+            ids.update(json.loads(line)["id"] for line in fh if line.strip())
+    return folder, ids
+
+
+def check_unseen(cfg: EvalConfig, columns: Columns) -> dict[str, str]:
+    """Refuse to score a task item that any evaluated skill was trained on (checked by id).
+
+    Returns, per checked variant, the skill-data folder its items were checked against.
+    """
+    checked: dict[str, str] = {}
+    cache: dict[Path, tuple[Path | None, set[str]]] = {}
+    task_columns = {n: c for n, c in columns.items() if isinstance(c.bench, TaskBenchmarkConfig)}
+    if not task_columns:
+        return checked
+    for v in cfg.variants:
+        if v.router is None:
+            continue
+        if v.router.adapters not in cache:
+            cache[v.router.adapters] = skill_data_ids(v.router.adapters)
+        folder, ids = cache[v.router.adapters]
+        if folder is None:
+            continue
+        for name, col in task_columns.items():
+            seen = [r.id for r in col.records if r.id in ids]
+            if seen:
+                raise EvalError(
+                    f"variant {v.name}: {len(seen)} of the {len(col.records)} {name} items scored were in the "
+                    f"skills' training data {folder} (e.g. {seen[0]}); score another split or rebuild the "
+                    "skill data excluding them (`mdkif data build --exclude`)"
+                )
+        checked[v.name] = str(folder)
+    return checked
 
 
 def shard_path(out: Path, variant: str, benchmark: str, index: int) -> Path:
@@ -127,12 +196,12 @@ def plan(cfg: EvalConfig, columns: Columns) -> tuple[list[ShardTask], int]:
     skipped = 0
     for variant in cfg.variants:
         for column, col in columns.items():
-            bench, records = col.bench, col.records
+            records = col.records
             shots = (
                 load_shots(
-                    bench.fewshot, col.unseen, variant.scoring.shots, benchmark=column, root=cfg.data_root
+                    col.fewshot, col.unseen, variant.scoring.shots, benchmark=column, root=cfg.data_root
                 )
-                if bench.fewshot is not None and variant.scoring.shots
+                if col.fewshot is not None and variant.scoring.shots
                 else []
             )
             meta = {
@@ -245,6 +314,7 @@ def run_eval(cfg: EvalConfig, *, limit: int | None = None, progress: bool = True
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_atomic(cfg.out / "config.json", cfg.model_dump_json(indent=2) + "\n")
     columns = load_columns(cfg, limit)
+    unseen_checked = check_unseen(cfg, columns)
     tasks, skipped = plan(cfg, columns)
     bar = _progress(sum(len(t.records) for t in tasks), progress)
 
@@ -266,9 +336,16 @@ def run_eval(cfg: EvalConfig, *, limit: int | None = None, progress: bool = True
         list(columns),
         resamples=cfg.bootstrap_resamples,
         seed=cfg.seed,
+        references=cfg.references(),
+        labels={
+            n: list(c.records[0].labels or ())
+            for n, c in columns.items()
+            if isinstance(c.records[0], TaskRecord)
+        },
         extra={
             "methods": {v.name: _describe(v) for v in cfg.variants},
             "shards": {"computed": len(tasks), "reused": skipped},
+            "unseen_checked": unseen_checked,
         },
     )
     write_reports(summary, cfg.out)

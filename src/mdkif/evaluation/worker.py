@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mdkif.data.records import MCQRecord
+from mdkif.data.tasks import TaskRecord
 from mdkif.evaluation.config import RetrieverConfig, VariantConfig
 from mdkif.evaluation.scorers import score_records
+from mdkif.evaluation.task_scoring import score_task_records
 from mdkif.rag.types import Retriever
 
 
@@ -31,7 +33,7 @@ class ShardTask:
     variant: VariantConfig
     benchmark: str
     index: int
-    records: list[MCQRecord]
+    records: list[MCQRecord] | list[TaskRecord]
     shots: list[MCQRecord] = field(default_factory=list)
 
 
@@ -148,6 +150,10 @@ class ShardWorker:
     def score(self, task: ShardTask) -> list[dict[str, Any]]:
         """Prediction rows for one shard."""
         self._ensure_model(task.variant)
+        if task.records and isinstance(task.records[0], TaskRecord):
+            rows = score_task_records(self._model, self._tokenizer, task.records, task.variant.scoring)
+            self.shards_scored += 1
+            return rows
         rows = score_records(
             self._model,
             self._tokenizer,

@@ -54,6 +54,12 @@ def mcq_example(record: MCQRecord) -> TaskExample:
     return TaskExample(prompt + "Answer:", f" {record.answer}")
 
 
+def task_examples(records: list[Any], eos_token: str = "") -> list[TaskExample]:
+    """Downstream-task items (`mdkif.data.tasks.TaskRecord`) in the skills' own format: the training prompt,
+    target the gold output followed by EOS (what the skills learned to produce and the harness scores)."""
+    return [TaskExample(r.prompt(), r.output + eos_token) for r in records]
+
+
 def load_examples(
     source: str, split: str | None = None, limit: int | None = None, root: str | None = None
 ) -> list[TaskExample]:
