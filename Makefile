@@ -10,7 +10,7 @@ RUN ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup demo test test-unit lint format bench clean
+.PHONY: setup demo reference test test-unit lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: setup
 	$(BIN)/mdkif demo out=$(RUN)
+
+# The CPU-scale reference run (issue 13): 12 skills, per-task routers, paired evaluation on 6 tasks (~2-3 h).
+reference: setup
+	$(BIN)/mdkif reference bench/reference.yaml
 
 test: setup
 	$(BIN)/pytest -q

@@ -29,6 +29,7 @@ def _register() -> None:
     from mdkif.evaluation.commands import eval_command
     from mdkif.models.commands import app as models_app
     from mdkif.rag.commands import app as rag_app
+    from mdkif.reference import reference_command
     from mdkif.routing.commands import route, tune
     from mdkif.serving.commands import serve as serve_command
     from mdkif.skills.commands import train as train_command
@@ -44,6 +45,7 @@ def _register() -> None:
     app.add_typer(rag_app, name="rag", help="Build the Chroma RAG index and query it.")
     app.command("serve")(serve_command)
     app.command("demo")(demo_command)
+    app.command("reference")(reference_command)
 
 
 _register()

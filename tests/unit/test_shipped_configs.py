@@ -65,6 +65,15 @@ def _cluster(p: Path):
     return docs
 
 
+def _bench(p: Path):
+    from mdkif.reference import ReferenceConfig
+
+    # bench/ holds the reference run's config; its skills stage config must load too.
+    cfg = load_config(p, ReferenceConfig)
+    _train(REPO / cfg.skills_config)
+    return cfg
+
+
 LOADERS: dict[str, Callable[[Path], object]] = {
     "train": _train,
     "eval": _eval,
@@ -73,6 +82,7 @@ LOADERS: dict[str, Callable[[Path], object]] = {
     "tune": _tune,
     "serve": _serve,
     "cluster": _cluster,
+    "bench": _bench,
 }
 
 
@@ -101,7 +111,7 @@ def test_shipped_yaml_loads(path: Path):
         pytest.fail(f"{path} has no loader")
     assert LOADERS[folder](path) is not None
     # Stage configs open with the exact command that runs them (torchtune's convention).
-    if folder in ("train", "eval", "rag", "route", "tune", "serve"):
+    if folder in ("train", "eval", "rag", "route", "tune", "serve", "bench"):
         first = path.read_text().splitlines()[0]
         assert first.startswith(("# mdkif ", "# serve ", "# python -m mdkif")), (
             f"{path}: first line should be the command: {first!r}"

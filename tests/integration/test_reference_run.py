@@ -1,0 +1,70 @@
+"""`mdkif reference` end to end at toy size (tiny model, 2 skills, 2 tasks): data without the held-out
+items, skills on Ray Train, routers on the train split, paired evaluation, the results folder; a re-run
+reuses every stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mdkif.cli import app
+from mdkif.data.tasks import heldout_ids
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.shared_data
+def test_reference_run_at_toy_size(shared_data: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MDKIF_CACHE", str(tmp_path / "cache"))
+    skills = tmp_path / "skills_tiny.yaml"
+    base = (REPO / "train" / "skills_cpu.yaml").read_text()
+    skills.write_text(base)
+    out, results = tmp_path / "run", tmp_path / "results"
+    config = tmp_path / "reference.yaml"
+    config.write_text(
+        f"""
+out: {out}
+results: {results}
+data_root: {shared_data}
+skills_config: {skills}
+skills_overrides: [model.name=tiny, "skills=[nli,summarization]", max_train_records=8, max_val_records=4,
+                   optim.max_steps=2, ray.num_workers=1, checkpoint_every=2]
+tasks:
+  - {{name: healthver}}
+  - {{name: meqsum, unseen: true}}
+n_test: 4
+routers: {{k_gradient: 8, gradient_steps: 2, batch_size: 4, cmaes_ks: [2, 3], cmaes_max_evals: 4}}
+num_workers: 1
+shard_size: 4
+"""
+    )
+    result = CliRunner().invoke(app, ["reference", str(config)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((results / "reference.json").read_text())
+    rows = {(r["task"], r["row"]) for r in doc["table"]}
+    expected = ["base", "best_single", "uniform", "routed_gradient", "routed_cmaes_k2", "routed_cmaes_k3"]
+    assert rows == {(t, r) for t in ("healthver", "meqsum") for r in expected}
+    by = {(r["task"], r["row"]): r for r in doc["table"]}
+    assert by[("healthver", "base")]["metric"] == "accuracy" and by[("meqsum", "base")]["metric"] == "rougeL"
+    assert by[("healthver", "base")]["vs_base"] is None
+    assert by[("healthver", "uniform")]["vs_base"]["test"] == "mcnemar"
+    assert {g["row"] for g in doc["targets"]} == {"routed_gradient", "routed_cmaes_k2", "routed_cmaes_k3"}
+    assert doc["fits"]["healthver"]["best_single_skill"] in ("nli", "summarization")
+    assert (results / "reference.png").stat().st_size > 0
+    md = (results / "reference.md").read_text()
+    assert "| routed_cmaes_k3 |" in md and "## Targets (issue 13)" in md
+    # No held-out item reached the skill data: test + dev of healthver, every meqsum item.
+    ids = set()
+    for path in (out / "skilldata").glob("*/*.jsonl"):
+        ids |= {json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()}
+    assert not ids & set(heldout_ids("healthver", root=shared_data))
+    assert not ids & set(heldout_ids("meqsum", root=shared_data, whole=True))
+    # Everything is reused on a second run: no training, no fitting, no scoring.
+    again = CliRunner().invoke(app, ["reference", str(config)])
+    assert again.exit_code == 0, again.output
+    assert "reusing it" in again.output
+    summary = json.loads((out / "eval" / "healthver" / "summary.json").read_text())
+    assert summary["shards"]["computed"] == 0
