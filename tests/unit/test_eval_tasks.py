@@ -150,3 +150,18 @@ def test_scoring_an_item_a_skill_trained_on_is_refused(tmp_path: Path) -> None:
         check_unseen(cfg, columns)
     (data / "nli" / "train.jsonl").write_text(json.dumps({"id": "other"}) + "\n")
     assert check_unseen(cfg, columns) == {"routed": str(data)}
+
+
+def test_shared_continuations_equal_separate_requests(tiny) -> None:
+    from mdkif.evaluation.loglik import Request, score_requests, score_shared_continuations
+
+    model, tok = tiny
+    prompts = [tok(t)["input_ids"] for t in ["short", "a much longer prompt about aspirin and fever", "x y"]]
+    conts = [
+        tok(w, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        for w in ("Supports", "no", "Neutral claim")
+    ]
+    shared = score_shared_continuations(model, prompts, conts, pad_id=0, batch_size=2)
+    separate = score_requests(model, [Request(tuple(p), tuple(c)) for p in prompts for c in conts], pad_id=0)
+    flat = [v for row in shared for v in row]
+    assert flat == pytest.approx([s for s, _ in separate], abs=1e-4)

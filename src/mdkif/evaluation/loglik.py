@@ -108,3 +108,56 @@ def generate(
             cut = next((j for j, t in enumerate(new) if t in eos_ids), len(new))
             outputs[i] = new[:cut]
     return outputs
+
+
+@torch.no_grad()
+def score_shared_continuations(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    batch_size: int = 8,
+) -> list[list[float]]:
+    """Sum log-prob of every continuation after every prompt, `[prompt][continuation]`.
+
+    For a label set shared by all items (a classification task): each batch of prompts is encoded once,
+    and each continuation runs on the prompts' KV cache, which is cropped back to the prompts afterwards.
+    A 3-label task then costs one prompt pass plus a few label tokens instead of three prompt passes;
+    the result equals `score_requests` (tested).
+    """
+    if any(not c for c in continuations):
+        raise ValueError("every continuation needs at least one token")
+    device = next(model.parameters()).device
+    out: list[list[float]] = [[0.0] * len(continuations) for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask, positions = pad_left([prompts[i] for i in idx], pad_id)
+        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+        res = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+        cache, rows = res.past_key_values, len(idx)
+        first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)
+        lengths = mask.sum(1, keepdim=True)
+        for j, cont in enumerate(continuations):
+            total = first[:, cont[0]].clone()
+            if len(cont) > 1:
+                step = torch.tensor(list(cont[:-1]), device=device).expand(rows, -1)
+                ext = torch.cat([mask, torch.ones_like(step)], dim=1)
+                pos = lengths + torch.arange(len(cont) - 1, device=device)
+                r = model(
+                    input_ids=step,
+                    attention_mask=ext,
+                    position_ids=pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                lp = torch.log_softmax(r.logits.float(), dim=-1)
+                target = torch.tensor(list(cont[1:]), device=device).expand(rows, -1).unsqueeze(-1)
+                total += lp.gather(-1, target).squeeze(-1).sum(1)
+                cache.crop(-(len(cont) - 1))  # back to the prompts alone
+            for row, i in enumerate(idx):
+                out[i][j] = float(total[row])
+    return out

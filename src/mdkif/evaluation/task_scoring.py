@@ -4,7 +4,8 @@ The prompt is the skills' own training prompt (`TaskRecord.prompt()`, no chat te
 task exactly as it was trained, and the base model sees the very same text.
 
 - classification: the log-likelihood of each label followed by EOS (the training target's shape) after
-  the prompt; the highest wins. No generation, so never unparsable.
+  the prompt; the highest wins. No generation, so never unparsable. The prompt is encoded once and every
+  label runs on its KV cache (`score_shared_continuations`).
 - multi-label, NER, relations, generation: greedy generation up to the task's token budget, then the
   strict parsers of `task_metrics` (labels outside the label set are counted, NER mentions are projected
   onto the sentence's tokens and compared as spans with the gold IOB tags).
@@ -21,7 +22,7 @@ from typing import Any
 from mdkif.data.tasks import TASKS, TaskRecord
 from mdkif.evaluation import task_metrics as tm
 from mdkif.evaluation.config import ScoringConfig
-from mdkif.evaluation.loglik import Request, generate, score_requests
+from mdkif.evaluation.loglik import generate, score_shared_continuations
 
 
 def prompt_ids(tokenizer: Any, record: TaskRecord, max_tokens: int) -> tuple[list[int], bool]:
@@ -88,20 +89,20 @@ def score_task_records(
 
 
 def _classify(model, tokenizer, records, rows, prompts, scoring) -> None:
+    # A task's items share one label set: each prompt is encoded once, the labels reuse its KV cache.
+    labels = records[0].labels
+    if not labels or any(r.labels != labels for r in records):
+        raise ValueError(f"classification items of {records[0].task} need one shared label set")
     eos = tokenizer.eos_token_id
-    requests, where = [], []
-    for i, r in enumerate(records):
-        if not r.labels:
-            raise ValueError(f"classification item {r.id} has no label set")
-        for label in r.labels:
-            cont = tokenizer(label, add_special_tokens=False)["input_ids"] + [eos]
-            requests.append(Request(tuple(prompts[i]), tuple(cont)))
-            where.append((i, label, len(cont)))
-    scored = score_requests(model, requests, pad_id=_pad_id(tokenizer), batch_size=scoring.batch_size)
-    scores: list[dict[str, float]] = [{} for _ in records]
-    for (i, label, n), (total, _) in zip(where, scored, strict=True):
-        scores[i][label] = total / n if scoring.normalize == "tokens" else total
-    for r, row, s in zip(records, rows, scores, strict=True):
+    conts = [tokenizer(label, add_special_tokens=False)["input_ids"] + [eos] for label in labels]
+    totals = score_shared_continuations(
+        model, prompts, conts, pad_id=_pad_id(tokenizer), batch_size=scoring.batch_size
+    )
+    for r, row, t in zip(records, rows, totals, strict=True):
+        s = {
+            label: (v / len(c) if scoring.normalize == "tokens" else v)
+            for label, v, c in zip(labels, t, conts, strict=True)
+        }
         pred = max(s, key=s.__getitem__)
         row.update(
             prediction=pred,
