@@ -49,6 +49,7 @@ class RouterPlan(StrictModel):
     batch_size: int = Field(8, ge=1)
     cmaes_ks: list[int] = Field([5, 20], min_length=1)
     cmaes_max_evals: int = Field(30, ge=2)
+    cmaes_popsize: int | None = Field(None, ge=2, description="default: cma's 4 + 3 ln(skills)")
     cmaes_sigma0: float = Field(0.3, gt=0)
     l1: float = Field(0.01, ge=0, description="L1 strength on the free CMA-ES weights")
     max_length: int = Field(320, ge=32)
@@ -138,7 +139,7 @@ def _route_cfg(cfg: ReferenceConfig, adapters: Path, method: str) -> Any:
         "task": {"source": "-", "k": 1, "max_length": r.max_length, "seed": cfg.seed},
         "method": method,
         "gradient": {"steps": r.gradient_steps, "lr": r.gradient_lr, "batch_size": r.batch_size},
-        "cmaes": {"max_evals": r.cmaes_max_evals, "sigma0": r.cmaes_sigma0},
+        "cmaes": {"max_evals": r.cmaes_max_evals, "sigma0": r.cmaes_sigma0, "popsize": r.cmaes_popsize},
         "output": str(cfg.out / "routers"),
     }
     if method == "cmaes":
