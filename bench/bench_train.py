@@ -2,6 +2,7 @@
 
     MDKIF_CACHE=/tmp/mdkif-cache .venv/bin/python bench/bench_train.py            # both parts
     .venv/bin/python bench/bench_train.py --part overhead --steps 8                # one part
+    MDKIF_CACHE=/tmp/mdkif-cache .venv/bin/python bench/bench_train.py --part grouping   # ~3 min on 2 cores
 
 Part 1 (overhead): the same AdaLoRA training (model, data, batch, steps) three ways in one run:
   plain  - a minimal single-process peft loop written here (forward with labels, backward, step,
@@ -15,7 +16,15 @@ of `ray.train.report` per step and the end-to-end `fit()` wall-clock, which incl
 Part 2 (parallel): the 12 demo skills on the same CPUs: one trainer whose 2 workers share the skills
 (parallel) vs one trainer with 1 worker taking them one after another (sequential), plus the measured
 cost of starting one trainer, times 12, for the "one trainer per skill" design we did not take.
-Results: bench/results/train.json and bench/results/train.md.
+Part 3 (grouping): real-token throughput of the loop's step with random vs length-grouped micro-batches
+(`MicroBatchStream(group_by_length=False/True)`), same model, adapter, examples and run. Real skill data
+(a mix of skills with very different lengths, built from `--data-root`); the timed grouped micro-batches
+are steps 1..N of the grouped stream's first epoch (step 0 is the widest by construction, left out), and
+the random ones are the ungrouped stream over exactly those examples, so both variants train the same real
+tokens and differ only in padding. Steps alternate random/grouped; real tokens (prompt + labelled, not
+padding) per second of step time are summed over the steps. The padding share of a whole epoch of each
+stream over all the examples (no training, so exact and cheap) is reported beside the timed sample's.
+Results: bench/results/train.json and bench/results/train.md (a one-part run merges into them).
 """
 
 from __future__ import annotations
@@ -253,6 +262,169 @@ def part_parallel(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
+def part_grouping(args: argparse.Namespace, work: Path) -> dict:
+    from mdkif.data.build import build_skill_data
+    from mdkif.models import ModelConfig, load_model
+    from mdkif.skills.config import AdapterConfig
+    from mdkif.skills.data import MicroBatchStream, collate
+    from mdkif.skills.datasets import job_examples
+    from mdkif.skills.loop import build_peft_model, orth_penalty, token_losses
+
+    t_start = time.perf_counter()
+    skills = args.group_skills.split(",")
+    data_dir = work / "grouping-skills"
+    build_skill_data(
+        args.data_root, data_dir, max_per_task=args.group_max_per_task, skip_bad=True, skills=skills
+    )
+    loaded = load_model(ModelConfig(name=args.model))
+    pad_id = loaded.tokenizer.pad_token_id
+    job = {
+        "data": {"kind": "skill", "dir": str(data_dir), "skills": skills},
+        "optim": {"max_length": args.group_max_length},
+        "seed": 0,
+    }
+    train, _, _ = job_examples(job, loaded.tokenizer)
+    steps, size = args.group_steps, args.group_batch
+
+    grouped_stream = MicroBatchStream(train, size, seed=0)
+    if steps + 2 > grouped_stream.per_epoch:
+        raise SystemExit(f"--group-steps {steps}: the data gives {grouped_stream.per_epoch - 2} at most")
+    # Step 0 is the epoch's widest micro-batch by construction: timing it would over-weight long batches
+    # in a short sample, so the timed steps are 1..N and the untimed warm-up is step N+1.
+    grouped = [grouped_stream.batch(k) for k in range(1, steps + 1)]
+    warmup = grouped_stream.batch(steps + 1)
+    timed = [e for b in grouped for e in b]
+    # The random variant: the ungrouped stream over exactly the grouped steps' examples.
+    random_stream = MicroBatchStream(timed, size, seed=0, group_by_length=False)
+    shuffled = [random_stream.batch(k) for k in range(random_stream.per_epoch)]
+
+    adapter = AdapterConfig().model_dump()
+    model = build_peft_model(loaded.model, adapter, 2 * steps + 1, seed=0, quantized=False)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-3)
+    at = 0
+
+    def train_step(examples: list) -> dict:
+        """The loop's step on one micro-batch: token-mean CE + orthogonality, clip, step, allocate."""
+        nonlocal at
+        t0, c0 = time.perf_counter(), time.process_time()
+        b = collate(examples, pad_id)
+        ce, n = token_losses(model, b)
+        loss = ce / max(n, 1) + adapter["orth_reg_weight"] * orth_penalty(model)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        model.base_model.update_and_allocate(at)
+        opt.zero_grad()
+        at += 1
+        real = int(b["attention_mask"].sum())
+        return {
+            "real": real,
+            "padded": b["attention_mask"].numel() - real,
+            "wall": time.perf_counter() - t0,
+            "cpu": time.process_time() - c0,
+        }
+
+    train_step(warmup)
+    runs: dict[str, list[dict]] = {"random": [], "grouped": []}
+    for k in range(max(len(shuffled), len(grouped))):  # alternate, so slow phases hit both variants
+        for name, batches in (("random", shuffled), ("grouped", grouped)):
+            if k < len(batches):
+                r = train_step(batches[k])
+                runs[name].append(r)
+                print(
+                    f"grouping: {name} step {k + 1}: {r['real']} real + {r['padded']} pad tokens, "
+                    f"{r['wall']:.1f} s",
+                    flush=True,
+                )
+
+    rows = {}
+    for name, recs in runs.items():
+        real, padded = sum(r["real"] for r in recs), sum(r["padded"] for r in recs)
+        wall, cpu = sum(r["wall"] for r in recs), sum(r["cpu"] for r in recs)
+        rows[name] = {
+            "steps": len(recs),
+            "real_tokens": real,
+            "padded_tokens": padded,
+            "padding_share": padded / (real + padded),
+            "step_seconds_total": wall,
+            "step_seconds_mean": wall / len(recs),
+            "real_tokens_per_s": real / wall,
+            "real_tokens_per_cpu_s": real / cpu,
+        }
+    lengths = [len(e.input_ids) for e in train]
+
+    def epoch_padding_share(stream: MicroBatchStream) -> float:
+        pad = total = 0
+        for idx in stream.epoch_batches(0):
+            width = max(lengths[i] for i in idx)
+            pad += sum(width - lengths[i] for i in idx)
+            total += width * len(idx)
+        return pad / total
+
+    for name, grouped_flag in (("random", False), ("grouped", True)):
+        stream = MicroBatchStream(train, size, seed=0, group_by_length=grouped_flag)
+        rows[name]["padding_share_full_epoch"] = epoch_padding_share(stream)
+    return {
+        **rows,
+        "ratio_grouped_vs_random": rows["grouped"]["real_tokens_per_s"] / rows["random"]["real_tokens_per_s"],
+        "ratio_grouped_vs_random_cpu": rows["grouped"]["real_tokens_per_cpu_s"]
+        / rows["random"]["real_tokens_per_cpu_s"],
+        "settings": {
+            "model": args.model,
+            "adapter": "adalora (AdapterConfig defaults, built by the loop's build_peft_model)",
+            "skills": skills,
+            "max_per_task": args.group_max_per_task,
+            "train_examples": len(train),
+            "example_tokens_median": statistics.median(lengths),
+            "example_tokens_max": max(lengths),
+            "mega_batch": grouped_stream.mega_batch,
+            "batch": size,
+            "max_length": args.group_max_length,
+            "steps_per_variant": steps,
+        },
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "torch_threads": torch.get_num_threads(),
+        "wall_seconds": time.perf_counter() - t_start,
+        "note": args.note,
+    }
+
+
+def grouping_markdown(g: dict) -> list[str]:
+    s = g["settings"]
+    lines = [
+        f"## Length-grouped vs random micro-batches ({s['model']}, AdaLoRA, skills {'+'.join(s['skills'])}, "
+        f"{s['steps_per_variant']} steps each, batch {s['batch']} x <= {s['max_length']} tokens)",
+        "",
+        f"Machine: {g['machine']}; torch threads {g['torch_threads']}. {s['train_examples']} training "
+        f"examples (median {s['example_tokens_median']:.0f}, max {s['example_tokens_max']} tokens), "
+        f"mega-batch {s['mega_batch']} micro-batches; both variants train the same "
+        f"{g['grouped']['real_tokens']} real tokens.",
+        "",
+        "| micro-batches | real tokens/s (wall) | real tokens per CPU-second | padding share (timed steps) "
+        "| padding share (whole epoch) | mean step (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in ("random", "grouped"):
+        r = g[name]
+        lines.append(
+            f"| {name} | {r['real_tokens_per_s']:.0f} | {r['real_tokens_per_cpu_s']:.0f} "
+            f"| {100 * r['padding_share']:.1f}% | {100 * r['padding_share_full_epoch']:.1f}% "
+            f"| {r['step_seconds_mean']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Grouped vs random real-token throughput: {g['ratio_grouped_vs_random']:.2f}x (wall), "
+        f"{g['ratio_grouped_vs_random_cpu']:.2f}x (CPU). Measurement wall-clock {g['wall_seconds']:.0f} s "
+        "(data build and model load included).",
+        "",
+    ]
+    if g.get("note"):
+        lines += [f"Note: {g['note']}", ""]
+    return lines
+
+
 def write_markdown(result: dict, path: Path) -> None:
     lines = [
         "# Skill training benchmark",
@@ -299,13 +471,16 @@ def write_markdown(result: dict, path: Path) -> None:
             f"| (estimate) one trainer per skill, in turn: 12 x {p['one_trainer_fit_seconds']:.1f} s start-up alone | {p['estimated_12_trainers_startup_seconds']:.0f} |",
             "",
             f"Speed-up parallel vs sequential: {p['speedup']:.2f}x.",
+            "",
         ]
+    if "grouping" in result:
+        lines += grouping_markdown(result["grouping"])
     path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["overhead", "parallel", "all"], default="all")
+    ap.add_argument("--part", choices=["overhead", "parallel", "grouping", "all"], default="all")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model for the overhead part")
     ap.add_argument("--skill", default="qa")
     ap.add_argument("--steps", type=int, default=6)
@@ -315,6 +490,12 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--parallel-model", default="tiny")
     ap.add_argument("--parallel-steps", type=int, default=6)
+    ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data" / "skills")
+    ap.add_argument("--group-skills", default="ner,summarization,qa,nli", help="comma-separated")
+    ap.add_argument("--group-max-per-task", type=int, default=40, help="records per task (seeded)")
+    ap.add_argument("--group-steps", type=int, default=12, help="timed steps per variant")
+    ap.add_argument("--group-batch", type=int, default=4)
+    ap.add_argument("--group-max-length", type=int, default=512)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument(
         "--note", default="", help="free text stored with the results (e.g. other load on the machine)"
@@ -334,11 +515,15 @@ def main() -> None:
             result["overhead"] = part_overhead(args, work)
         if args.part in ("parallel", "all"):
             result["parallel"] = part_parallel(args, work)
+        if args.part in ("grouping", "all"):
+            result["grouping"] = part_grouping(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "train.json"
-    if args.part != "all" and path.is_file():  # one part re-run: keep the other part's last figures
+    if args.part == "grouping" and path.is_file():  # its own settings and machine: touch nothing else
+        result = {**json.loads(path.read_text()), "grouping": result["grouping"]}
+    elif args.part != "all" and path.is_file():  # one part re-run: keep the other part's last figures
         previous = json.loads(path.read_text())
         previous.update({k: v for k, v in result.items() if k != "settings"})
         previous.setdefault("settings", {}).update(result["settings"])

@@ -70,6 +70,11 @@ class OptimConfig(StrictModel):
     max_grad_norm: float = Field(1.0, gt=0.0)
     max_length: int = Field(256, ge=16, description="tokens per example (prompt+output) or per packed block")
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    group_by_length: bool = Field(
+        True,
+        description="micro-batches of similar length (seeded, resumable), so compute goes to real tokens "
+        "instead of right-padding; false = random micro-batches",
+    )
 
 
 class DeepSpeedConfig(StrictModel):

@@ -4,6 +4,7 @@ Instruction records become `prompt + output + EOS` with labels -100 over the pro
 the output only. Raw text is packed: documents joined by EOS and cut into fixed blocks, loss on all.
 The stream is a pure function of (seed, epoch, rank): epoch `e` is a seeded permutation, each rank takes
 its stride of it, so step `s` of a resumed run sees exactly the micro-batches of the uninterrupted run.
+By default the micro-batches are length-grouped (see `MicroBatchStream`), so right-padding stays small.
 """
 
 from __future__ import annotations
@@ -93,24 +94,52 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+MEGA_BATCH = 50
+"""Micro-batches per length-sorted group: the cap on how far grouping moves an example from its random place."""
+
+
 class MicroBatchStream:
     """Micro-batches of one rank as a function of their index: epoch permutation by seed, rank stride.
 
     Every rank gets the same number of micro-batches per epoch (the permutation's tail that does not divide
     evenly is left out for that epoch), so data-parallel workers step together.
+
+    With `group_by_length` (the default), each epoch's order of this rank is cut into mega-batches of
+    `batch_size * m` consecutive examples, each sorted by length (longest first) and cut into micro-batches,
+    whose order over the whole epoch is then shuffled (seeded by seed, epoch and rank) so that consecutive
+    steps still mix lengths; the micro-batch holding the most tokens after padding goes first, so a
+    too-large batch fails at step 1, not hours in. `m` is `mega_batch` (50), lowered for small data to
+    keep at least about four mega-batches per epoch (as transformers' `LengthGroupedSampler` does), or
+    small data would give the same micro-batches every epoch. A rank still sees exactly the examples of
+    the ungrouped epoch and the same number of micro-batches; only their grouping changes. Without
+    grouping the micro-batches are consecutive slices of the rank's order (the stream before grouping).
     """
 
     def __init__(
-        self, examples: Sequence[Example], batch_size: int, seed: int, rank: int = 0, world: int = 1
+        self,
+        examples: Sequence[Example],
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        *,
+        group_by_length: bool = True,
+        mega_batch: int = MEGA_BATCH,
     ):
         if not examples:
             raise ValueError("no training examples")
+        if batch_size < 1 or mega_batch < 1:
+            raise ValueError(f"batch_size and mega_batch must be >= 1, got {batch_size}, {mega_batch}")
         self.examples = list(examples)
         self.batch_size = batch_size
         self.seed, self.rank, self.world = seed, rank, world
+        self.group_by_length = group_by_length
         per_rank = max(1, len(self.examples) // world)
         self.per_epoch = -(-per_rank // batch_size)
         self._per_rank = per_rank
+        self.mega_batch = max(1, min(mega_batch, per_rank // (4 * batch_size)))
+        self._lengths = [len(e.input_ids) for e in self.examples]
+        self._cached: tuple[int, list[list[int]]] | None = None  # (epoch, its micro-batches)
 
     def order(self, epoch: int) -> list[int]:
         """This rank's example indices in `epoch` (the same on every call and every machine)."""
@@ -120,10 +149,32 @@ class MicroBatchStream:
             perm = perm * self.world
         return perm[self.rank :: self.world][: self._per_rank]
 
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's micro-batches of `epoch` as example indices, in step order (`per_epoch` of them)."""
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1]
+        order, size = self.order(epoch), self.batch_size
+        if not self.group_by_length:
+            batches = [order[i : i + size] for i in range(0, len(order), size)]
+        else:
+            mega = size * self.mega_batch
+            batches = []
+            for start in range(0, len(order), mega):
+                # Stable sort: equal lengths keep their random order, so ties stay shuffled.
+                group = sorted(order[start : start + mega], key=lambda i: -self._lengths[i])
+                batches += [group[i : i + size] for i in range(0, len(group), size)]
+            random.Random(f"group-by-length/{self.seed}/{epoch}/{self.rank}").shuffle(batches)
+            widest = max(range(len(batches)), key=lambda b: self._padded(batches[b]))
+            batches[0], batches[widest] = batches[widest], batches[0]
+        self._cached = (epoch, batches)
+        return batches
+
+    def _padded(self, batch: list[int]) -> int:
+        return len(batch) * max(self._lengths[i] for i in batch)
+
     def batch(self, index: int) -> list[Example]:
         epoch, k = divmod(index, self.per_epoch)
-        idx = self.order(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
-        return [self.examples[i] for i in idx]
+        return [self.examples[i] for i in self.epoch_batches(epoch)[k]]
 
     def iterate(self, start: int) -> Iterator[list[Example]]:
         index = start

@@ -354,7 +354,14 @@ def run_job(job: dict[str, Any], ctx: WorkerContext, data_parallel: bool) -> dic
             peft_model, val_ex, optim["batch_size"], tokenizer.pad_token_id, device, autocast
         )
 
-    stream = MicroBatchStream(train_ex, optim["batch_size"], seed, rank, world)
+    stream = MicroBatchStream(
+        train_ex,
+        optim["batch_size"],
+        seed,
+        rank,
+        world,
+        group_by_length=optim.get("group_by_length", True),
+    )
     accum = optim["grad_accum"]
     batches = stream.iterate(step * accum)
     model.train()
