@@ -58,8 +58,8 @@ tasks:
     assert by[("base", "healthver")]["n"] == 6 and by[("other", "meqsum")]["n"] == 4
     assert set(by[("base", "meqsum")]["metrics"]) == {"rouge1", "rouge2", "rougeL"}
     assert set(by[("base", "healthver")]["metrics"]) == {"accuracy", "macro_f1"}
-    # 6 + 4 + 4 items in shards of 3, per variant: 3 + 2 + 2 shards, twice.
-    assert summary["shards"] == {"computed": 14, "reused": 0}
+    # 6 + 4 + 4 items in shards of 3, per variant: 2 + 2 + 2 shards, twice.
+    assert summary["shards"] == {"computed": 12, "reused": 0}
     paired = {(p["variant"], p["benchmark"]): p for p in summary["paired"]}
     assert set(paired) == {("other", b) for b in ("healthver", "hoc", "meqsum")}
     assert paired[("other", "healthver")]["test"] == "mcnemar"
@@ -71,4 +71,4 @@ tasks:
     # A second run reuses every shard.
     again = CliRunner().invoke(app, ["eval", str(config)])
     assert again.exit_code == 0, again.output
-    assert json.loads((out / "summary.json").read_text())["shards"] == {"computed": 0, "reused": 14}
+    assert json.loads((out / "summary.json").read_text())["shards"] == {"computed": 0, "reused": 12}
