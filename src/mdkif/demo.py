@@ -118,7 +118,7 @@ def build_data(cfg: DemoConfig, items: list[Any]) -> Path:
 def train_skills(cfg: DemoConfig, data_dir: Path) -> Path:
     """Stage 2: the 12 skills on local Ray (train/skills_demo.yaml; finished skills are skipped)."""
     from mdkif.skills.commands import load_stage
-    from mdkif.skills.runner import run
+    from mdkif.skills.runner import print_skill_losses, run
 
     out = cfg.out / "adapters"
     stage_cfg = load_stage(
@@ -131,11 +131,7 @@ def train_skills(cfg: DemoConfig, data_dir: Path) -> Path:
         ],
     )
     result = run(stage_cfg)
-    for skill, m in result["skills"].items():
-        if m.get("status") == "trained":
-            print(f"  {skill:<28} val loss {m['val_loss_before']:.3f} -> {m['val_loss_after']:.3f}")
-        else:
-            print(f"  {skill:<28} {m.get('status')} {m.get('reason', '')}")
+    print_skill_losses(result)
     return out
 
 

@@ -111,17 +111,13 @@ def build_data(cfg: ReferenceConfig) -> Path:
 
 def train_skills(cfg: ReferenceConfig, data_dir: Path) -> Path:
     """Stage 2: the 12 skills on local Ray Train (finished skills skip, interrupted ones resume)."""
-    from mdkif.skills.runner import run
+    from mdkif.skills.runner import print_skill_losses, run
 
     stage_cfg = skills_stage(cfg)
     if stage_cfg.data_dir != str(data_dir):
         raise ValueError(f"skills_overrides must not move data_dir ({stage_cfg.data_dir} != {data_dir})")
     result = run(stage_cfg)
-    for skill, m in result["skills"].items():
-        if m.get("status") == "trained":
-            print(f"  {skill:<28} val loss {m['val_loss_before']:.3f} -> {m['val_loss_after']:.3f}")
-        else:
-            print(f"  {skill:<28} {m.get('status')} {m.get('reason', '')}")
+    print_skill_losses(result)
     return Path(stage_cfg.output_dir)
 
 

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from mdkif.cli import app
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    import ray
-
-    os.environ.setdefault("MDKIF_CACHE", str(tmp_path_factory.mktemp("cache")))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.shared_data

@@ -404,3 +404,12 @@ def run(cfg: Any) -> dict[str, Any]:
     if isinstance(cfg, PipelineStage):
         return run_pipeline(cfg)
     return run_stage(cfg)
+
+
+def print_skill_losses(result: dict[str, Any]) -> None:
+    """One line per skill of a skills-stage result: validation loss before -> after, or why it is absent."""
+    for skill, m in result["skills"].items():
+        if m.get("status") == "trained":
+            print(f"  {skill:<28} val loss {m['val_loss_before']:.3f} -> {m['val_loss_after']:.3f}")
+        else:
+            print(f"  {skill:<28} {m.get('status')} {m.get('reason', '')}")
