@@ -68,3 +68,7 @@ shard_size: 4
     assert "reusing it" in again.output
     summary = json.loads((out / "eval" / "healthver" / "summary.json").read_text())
     assert summary["shards"]["computed"] == 0
+    # The run stopped the Ray instances it started, so the next module can start its own.
+    import ray
+
+    assert not ray.is_initialized()

@@ -247,8 +247,21 @@ def run_on_ray(
     """
     import ray
 
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         ray.init(log_to_driver=False)
+    try:
+        _drain_on_actors(cfg, tasks, on_done)
+    finally:
+        if started:  # leave a caller's Ray alone, stop the one started here
+            ray.shutdown()
+
+
+def _drain_on_actors(
+    cfg: EvalConfig, tasks: list[ShardTask], on_done: Callable[[ShardTask, list[dict]], None]
+) -> None:
+    import ray
+
     env = {k: os.environ[k] for k in ("MDKIF_CACHE", "MDKIF_DATA_ROOT", "HF_HOME") if k in os.environ}
     actor_cls = ray.remote(ShardWorker).options(
         num_cpus=cfg.cpus_per_worker,
