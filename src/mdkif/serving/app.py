@@ -34,6 +34,8 @@ def ingress_info(cfg: ServeAppConfig) -> dict[str, Any]:
         "default_temperature": cfg.default_temperature,
         "api_key_env": cfg.api_key_env,
         "require_api_key": cfg.require_api_key,
+        "allowed_hosts": cfg.allowed_hosts,
+        "docs": cfg.docs,
     }
 
 

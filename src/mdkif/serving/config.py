@@ -104,6 +104,13 @@ class ServeAppConfig(StrictModel):
     )
     api_key_env: str | None = Field("MDKIF_API_KEY", description="Env var holding the Bearer key (if set).")
     require_api_key: bool = Field(False, description="Refuse to start when the api_key_env var is unset.")
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "::1"],
+        min_length=1,
+        description="Host header values (without port) the API answers; others get 421, which stops DNS "
+        "rebinding from a browser page. Add the names clients use when binding beyond loopback; '*' = any.",
+    )
+    docs: bool = Field(False, description="Serve /docs, /redoc and /openapi.json (off by default).")
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads in the model replica.")
     ingress: DeploymentSettings = Field(default_factory=DeploymentSettings)
     routed_model: DeploymentSettings = Field(

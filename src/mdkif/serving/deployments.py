@@ -110,7 +110,7 @@ class RoutedModel:
     async def generate_batched(self, reqs: list[Any]) -> list[dict[str, Any]]:
         # The forward runs in a thread so the replica keeps accepting (and batching) requests meanwhile.
         self.batch_sizes[len(reqs)] = self.batch_sizes.get(len(reqs), 0) + 1
-        return await asyncio.to_thread(self.engine.generate_batch, reqs)
+        return await asyncio.to_thread(self.engine.generate_each, reqs)
 
     async def generate(self, req: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -119,7 +119,7 @@ class RoutedModel:
             return {"status": exc.status, **exc.body()}
         if self.batching:
             return await self.generate_batched(gen)
-        return (await asyncio.to_thread(self.engine.generate_batch, [gen]))[0]
+        return (await asyncio.to_thread(self.engine.generate_each, [gen]))[0]
 
     async def stream(self, req: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """First yields `{"ok": True}` (or an error) once the request is accepted, then the text chunks."""
@@ -131,7 +131,12 @@ class RoutedModel:
         yield {"ok": True}
         steps = self.engine.stream(gen)  # streaming bypasses batching: one request, one token loop
         while True:
-            chunk = await asyncio.to_thread(next, steps, None)
+            try:
+                chunk = await asyncio.to_thread(next, steps, None)
+            except Exception as exc:  # noqa: BLE001 - the ingress already answered 200: an in-band error
+                log.exception("streamed generation failed")
+                yield _error(500, f"generation failed: {type(exc).__name__}", code="internal_error")
+                return
             if chunk is None:
                 return
             yield chunk
@@ -144,46 +149,105 @@ class RoutedModel:
             return {"status": exc.status, **exc.body()}
         return await asyncio.to_thread(self.engine.route, req["profile"], ids)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, _: dict[str, Any] | None = None) -> dict[str, Any]:
         sizes = dict(sorted(self.batch_sizes.items()))
-        return {**self.engine.stats(), "pid": os.getpid(), "batching": self.batching, "batch_sizes": sizes}
+        return {**self.engine.stats(), "batching": self.batching, "batch_sizes": sizes}
 
 
 # ---- Ingress ------------------------------------------------------------------------------------------
+# The docs pages are opt-in (`docs: true`); the replica's __init__ records the setting here, which the
+# middleware below reads (one ingress app per replica process).
+_SETTINGS: dict[str, Any] = {"docs": False, "allowed_hosts": ["127.0.0.1", "localhost", "::1"]}
+_DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+
 api = FastAPI(title="MDKIF", description="OpenAI-compatible API over the routed medical model")
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    # Unknown paths and wrong methods get the same JSON error shape as everything else.
-    return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code)
 
 
 def _json_error(exc: APIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
-def _failure(exc: BaseException, timeout: float) -> JSONResponse:
+def _host_allowed(host: str, allowed: list[str]) -> bool:
+    if "*" in allowed:
+        return True
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host  # host:port, or [::1]:port
+    if name.startswith("["):
+        name = name[1:].split("]", 1)[0]
+    return name.lower() in allowed
+
+
+class _Guard:
+    """Pure ASGI middleware: Host header (DNS rebinding), JSON Content-Type on POST, docs pages opt-in.
+
+    (Not BaseHTTPMiddleware, which would wrap every streamed response and its disconnect handling.)
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        path = scope.get("path", "")
+        refusal = None
+        if path != "/healthz" and not _host_allowed(headers.get("host", ""), _SETTINGS["allowed_hosts"]):
+            refusal = APIError(
+                421, "this Host is not served here (see allowed_hosts in the serve config)", code="bad_host"
+            )
+        elif path in _DOC_PATHS and not _SETTINGS["docs"]:
+            refusal = APIError(404, f"Not Found: {path} (set docs: true to serve it)", code="not_found")
+        elif scope.get("method") == "POST":
+            ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if ctype != "application/json":
+                refusal = APIError(
+                    415,
+                    f"Content-Type must be application/json, not '{ctype or 'none'}'",
+                    code="unsupported_media_type",
+                )
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        return await _json_error(refusal)(scope, receive, send)
+
+
+api.add_middleware(_Guard)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # Unknown paths and wrong methods get the same JSON error shape as everything else.
+    return JSONResponse(error_body(str(exc.detail), _kind(exc.status_code)), status_code=exc.status_code)
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s", request.url.path)
+    return _json_error(APIError(500, f"internal error: {type(exc).__name__}", code="internal_error"))
+
+
+def _kind(status: int) -> str:
+    return APIError(status, "").type
+
+
+def _failure(exc: BaseException, timeout: float) -> APIError:
     """A failed call to the model: 504 when it timed out, 503 when the replica is gone, else 500."""
     from ray.exceptions import RayActorError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
     if isinstance(exc, TimeoutError):
-        return _json_error(APIError(504, f"the model did not answer within {timeout:g} s", code="timeout"))
+        return APIError(504, f"the model did not answer within {timeout:g} s", code="timeout")
     if isinstance(exc, RayActorError | BackPressureError | DeploymentUnavailableError):
-        return _json_error(
-            APIError(
-                503, "the model replica is unavailable (restarting or overloaded); retry", code="unavailable"
-            )
+        return APIError(
+            503, "the model replica is unavailable (restarting or overloaded); retry", code="unavailable"
         )
     log.exception("model call failed")
-    return _json_error(APIError(500, f"internal error: {type(exc).__name__}", code="internal_error"))
+    return APIError(500, f"internal error: {type(exc).__name__}", code="internal_error")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(api)
 class Ingress:
-    """POST /v1/chat/completions, /v1/completions, /v1/route; GET /v1/models, /healthz."""
+    """POST /v1/chat/completions, /v1/completions, /v1/route; GET /v1/models[/{id}], /v1/stats, /healthz."""
 
     def __init__(self, model: DeploymentHandle, info: dict[str, Any]) -> None:
         self.model = model
@@ -194,17 +258,48 @@ class Ingress:
         self.api_key = os.environ.get(env) if env else None
         if info.get("require_api_key") and not self.api_key:
             raise RuntimeError(f"require_api_key is set but ${env} is empty in the ingress replica")
+        _SETTINGS["docs"] = bool(info.get("docs", False))
+        _SETTINGS["allowed_hosts"] = [
+            h.lower() for h in info.get("allowed_hosts", _SETTINGS["allowed_hosts"])
+        ]
+        ctx = serve.get_replica_context()
+        self.app_name = ctx.app_name if ctx is not None else None
+
+    async def _body(self, request: Request) -> bytes:
+        """The body, refused with 413 as soon as it passes the size limit (also when chunked) and with
+        408 when it is not complete within `limits.body_timeout_s` (e.g. shorter than its Content-Length)."""
+        limit = self.limits.max_request_bytes
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit:
+            raise APIError(
+                413, f"request body is {length} bytes; the limit is {limit}", code="request_too_large"
+            )
+        chunks: list[bytes] = []
+        size = 0
+
+        async def read() -> None:
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise APIError(
+                        413, f"request body is over the limit of {limit} bytes", code="request_too_large"
+                    )
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(read(), self.limits.body_timeout_s)
+        except TimeoutError:
+            raise APIError(
+                408,
+                f"the request body was not received within {self.limits.body_timeout_s:g} s",
+                code="request_timeout",
+            ) from None
+        return b"".join(chunks)
 
     async def _read(self, request: Request, schema: type) -> Any:
         check_api_key(request.headers.get("authorization"), self.api_key)
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > self.limits.max_request_bytes:
-            raise APIError(
-                413,
-                f"request body is {length} bytes; the limit is {self.limits.max_request_bytes}",
-                code="request_too_large",
-            )
-        req = parse_body(await request.body(), schema, self.limits)
+        req = parse_body(await self._body(request), schema, self.limits)
         check_limits(req, self.limits)
         return req
 
@@ -213,7 +308,7 @@ class Ingress:
         try:
             return await asyncio.wait_for(getattr(self.model, method).remote(payload), timeout)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON answer, never a hang
-            return _failure(exc, timeout)
+            return _json_error(_failure(exc, timeout))
 
     async def _complete(self, request: Request, kind: str) -> Any:
         schema = ChatRequest if kind == "chat" else CompletionRequest
@@ -249,20 +344,25 @@ class Ingress:
             first = await asyncio.wait_for(gen.__anext__(), timeout)
         except Exception as exc:  # noqa: BLE001
             gen.cancel()
-            return _failure(exc, timeout)
+            return _json_error(_failure(exc, timeout))
         if "error" in first:
             return JSONResponse({"error": first["error"]}, status_code=first["status"])
         id_ = new_id("chatcmpl" if kind == "chat" else "cmpl")
-        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def events() -> AsyncIterator[str]:
             if kind == "chat":
                 yield sse(stream_chunk(kind, id_, req.model, None, None, role=True))
+            elif req.echo:  # the prompt first, as OpenAI's streamed echo does
+                yield sse(stream_chunk(kind, id_, req.model, req.prompt, None))
             try:
                 while True:
                     try:
                         chunk = await asyncio.wait_for(gen.__anext__(), timeout)
                     except StopAsyncIteration:
+                        break
+                    if "error" in chunk:  # generation failed after the 200: report in-band
+                        yield sse({"error": chunk["error"]})
                         break
                     yield sse(stream_chunk(kind, id_, req.model, chunk["delta"], chunk["finish_reason"]))
                     if chunk["finish_reason"] is not None and include_usage:
@@ -273,9 +373,7 @@ class Ingress:
             except Exception as exc:  # noqa: BLE001 - the status is already 200: report in-band
                 gen.cancel()
                 err = _failure(exc, timeout)
-                yield sse(
-                    error_body(f"stream aborted: {err.body.decode()}", "server_error", code="stream_aborted")
-                )
+                yield sse(error_body(f"stream aborted: {err.message}", err.type, code="stream_aborted"))
             yield SSE_DONE
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -310,12 +408,7 @@ class Ingress:
             return JSONResponse({"error": result["error"]}, status_code=result["status"])
         return {"object": "route", "model": req.model, **result}
 
-    @api.get("/v1/models")
-    async def models(self, request: Request) -> Any:
-        try:
-            check_api_key(request.headers.get("authorization"), self.api_key)
-        except APIError as exc:
-            return _json_error(exc)
+    def _model_cards(self) -> list[dict[str, Any]]:
         data = [
             {"id": self.names.base, "object": "model", "created": 0, "owned_by": "mdkif", "profile": None}
         ]
@@ -330,16 +423,62 @@ class Ingress:
                     **p,
                 }
             )
-        return {"object": "list", "data": data}
+        return data
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> Any:
+        try:
+            check_api_key(request.headers.get("authorization"), self.api_key)
+        except APIError as exc:
+            return _json_error(exc)
+        return {"object": "list", "data": self._model_cards()}
+
+    @api.get("/v1/models/{model_id:path}")
+    async def model_card(self, model_id: str, request: Request) -> Any:
+        try:
+            check_api_key(request.headers.get("authorization"), self.api_key)
+            self.names.resolve(model_id)
+        except APIError as exc:
+            return _json_error(exc)
+        return next(m for m in self._model_cards() if m["id"] == model_id)
+
+    @api.get("/v1/stats")
+    async def stats(self, request: Request) -> Any:
+        """The model replica's counters: merged-weight cache, batch sizes (needs the key)."""
+        try:
+            check_api_key(request.headers.get("authorization"), self.api_key)
+        except APIError as exc:
+            return _json_error(exc)
+        result = await self._call("stats", {})
+        return result if isinstance(result, JSONResponse) else {"object": "stats", "model": result}
 
     @api.get("/healthz")
     async def healthz(self) -> Any:
-        """200 when the model replica answers within 5 s, else 503 (no key needed: for probes)."""
+        """200 when Serve's controller counts a running model replica, else 503 (no key: for probes).
+
+        It asks the controller, not the model replica, so a replica busy generating is not reported dead.
+        """
         try:
-            stats = await asyncio.wait_for(self.model.stats.remote(), 5.0)
+            running = await asyncio.wait_for(asyncio.to_thread(self._running_model_replicas), 5.0)
         except Exception as exc:  # noqa: BLE001
             return JSONResponse(
-                {"status": "unavailable", **error_body(f"model: {type(exc).__name__}", "server_error")},
+                {"status": "unavailable", **error_body(f"controller: {type(exc).__name__}", "server_error")},
                 status_code=503,
             )
-        return {"status": "ok", "model": stats}
+        if running < 1:
+            return JSONResponse(
+                {"status": "unavailable", **error_body("no running model replica", "server_error")},
+                status_code=503,
+            )
+        return {"status": "ok", "model_replicas": running}
+
+    def _running_model_replicas(self) -> int:
+        app = serve.status().applications.get(self.app_name or "")
+        dep = app.deployments.get("RoutedModel") if app is not None else None
+        if dep is None or _value(dep.status) == "UNHEALTHY":
+            return 0
+        return sum(int(n) for state, n in dep.replica_states.items() if _value(state) == "RUNNING")
+
+
+def _value(enum_or_str: Any) -> str:
+    return str(getattr(enum_or_str, "value", enum_or_str))

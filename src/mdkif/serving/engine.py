@@ -334,7 +334,11 @@ class RoutedEngine:
             if t <= 0:
                 out.append(greedy[i])
                 continue
-            probs = torch.softmax(logits[i].float().cpu() / t, -1)
+            scaled = logits[i].float().cpu() / t
+            if not torch.isfinite(scaled.max()):  # t so small that logits / t overflows: its limit, greedy
+                out.append(greedy[i])
+                continue
+            probs = torch.softmax(scaled, -1)
             if row.req.top_p < 1.0:
                 sorted_p, idx = probs.sort(descending=True)
                 keep = sorted_p.cumsum(0) - sorted_p < row.req.top_p  # always keeps the top token
@@ -355,7 +359,9 @@ class RoutedEngine:
                 row.text, row.finish = row.text[:cut], "stop"
                 return
         if len(row.out) >= req.max_tokens:
-            row.finish = "length"
+            # Cut mid-character (a byte-level token holding part of a multi-byte character): drop the
+            # replacement character the partial bytes decode to rather than return it.
+            row.text, row.finish = row.text.rstrip("\ufffd"), "length"
 
     def steps(self, reqs: list[GenRequest]) -> Iterator[list[_Row]]:
         """The token loop: yields the rows after every decoding step until every row has finished."""
@@ -399,6 +405,27 @@ class RoutedEngine:
         for final in self.steps(reqs):  # noqa: B007 - the last yield holds every finished row
             pass
         return [self._result(r) for r in final]
+
+    def generate_each(self, reqs: list[GenRequest]) -> list[dict[str, Any]]:
+        """`generate_batch`, except that a request that fails fails alone.
+
+        When the batch raises, each request is run again by itself; the ones that still fail get their own
+        500 error (`{"status", "error"}`) and the others their normal results, so one poisoned row never
+        costs the rest of its batch their answers.
+        """
+        try:
+            return self.generate_batch(reqs)
+        except Exception:  # noqa: BLE001
+            log.exception("a batch of %d failed; retrying its requests one by one", len(reqs))
+        results = []
+        for req in reqs:
+            try:
+                results.append(self.generate_batch([req])[0])
+            except Exception as exc:  # noqa: BLE001
+                log.exception("request failed alone")
+                err = APIError(500, f"generation failed: {type(exc).__name__}: {exc}", code="internal_error")
+                results.append({"status": 500, **err.body()})
+        return results
 
     def stream(self, req: GenRequest) -> Iterator[dict[str, Any]]:
         """Yield `{"delta", "finish_reason"}` per step for one request; the last one also carries usage.

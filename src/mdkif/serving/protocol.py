@@ -14,7 +14,7 @@ import hmac
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -35,6 +35,9 @@ class LimitsConfig(StrictModel):
     max_stop: int = Field(4, ge=0, description="Most stop sequences (OpenAI allows 4).")
     request_timeout_s: float = Field(
         120.0, gt=0, description="The ingress gives up on the model after this long (504)."
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="A request body not fully received after this long is refused (408)."
     )
 
 
@@ -72,23 +75,39 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-class _Request(BaseModel):
-    # Unknown fields are ignored like OpenAI does (clients send logprobs, user, n=1...), but the ones we
-    # do read are strictly typed.
-    model_config = ConfigDict(extra="ignore")
+# Strict types: OpenAI refuses "8" for an integer, true for a number and "yes" for a boolean, so do we.
+StrictPositiveInt = Annotated[int, Field(ge=1, strict=True)]
+Seed = Annotated[int, Field(ge=0, le=2**64 - 1, strict=True)]
+Text = Annotated[str, Field(strict=True)]
 
-    model: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    n: int = Field(1, ge=1, le=1, description="one choice per request")
-    rag: bool | None = Field(None, description="force retrieval on or off (default: the profile decides)")
-    ignore_eos: bool = False
-    stream_options: dict[str, Any] | None = None
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: Annotated[bool, Field(strict=True)] = False
+
+
+class _Request(BaseModel):
+    # Every field OpenAI defines is either implemented here or accepted only at its no-op value
+    # (`UNSUPPORTED`); anything else is refused naming it, like OpenAI's "Unrecognized request argument".
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[str, Field(min_length=1, strict=True)]
+    max_tokens: StrictPositiveInt | None = None
+    max_completion_tokens: StrictPositiveInt | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False, strict=True)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False, strict=True)] | None = None
+    seed: Seed | None = None
+    stop: Text | list[Text] | None = None
+    stream: Annotated[bool, Field(strict=True)] = False
+    n: Annotated[int, Field(ge=1, le=1, strict=True, description="one choice per request")] = 1
+    rag: (
+        Annotated[bool, Field(strict=True, description="force retrieval on or off (default: profile)")] | None
+    ) = None
+    ignore_eos: Annotated[bool, Field(strict=True)] = False
+    stream_options: StreamOptions | None = None
+    user: Text | None = None  # OpenAI's end-user id: accepted, not used
+    metadata: dict[str, Text] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -104,10 +123,11 @@ class _Request(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[dict[str, Any]]
+    content: Text | list[dict[str, Any]]
+    name: Text | None = None
 
     def text(self) -> str:
         """The message text; OpenAI's content parts are accepted when they are all `text` parts."""
@@ -126,8 +146,8 @@ class ChatRequest(_Request):
 
 
 class CompletionRequest(_Request):
-    prompt: str | list[str]
-    echo: bool = False
+    prompt: Text | list[Text]
+    echo: Annotated[bool, Field(strict=True)] = False
 
     @field_validator("prompt")
     @classmethod
@@ -136,15 +156,99 @@ class CompletionRequest(_Request):
             if len(v) != 1:
                 raise ValueError("send one prompt per request (a list of exactly one string)")
             v = v[0]
+        if not v:
+            raise ValueError("the prompt is empty")
         return v
 
 
 class RouteRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1)
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    model: Annotated[str, Field(min_length=1, strict=True)]
+    prompt: Annotated[str, Field(min_length=1, strict=True)] | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+
+
+# OpenAI parameters this server does not implement, with the values that mean "off" (accepted, ignored).
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "parallel_tool_calls": (None, True, False),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "prediction": (None,),
+    "reasoning_effort": (None,),
+    "web_search_options": (None,),
+    "service_tier": (None, "auto", "default"),
+    "store": (None, False),
+}
+MAX_JSON_DEPTH = 16
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _check_json(data: Any) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH and text no UTF-8 can carry (lone surrogates), by path."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        obj, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise APIError(
+                400,
+                f"request JSON is nested deeper than {MAX_JSON_DEPTH} levels",
+                path or None,
+                "invalid_json",
+            )
+        items: Any = ()
+        if isinstance(obj, dict):
+            items = obj.items()
+        elif isinstance(obj, list):
+            items = enumerate(obj)
+        elif isinstance(obj, str):
+            try:
+                obj.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(
+                    400,
+                    f"'{path}': the text holds a lone UTF-16 surrogate (not valid Unicode)",
+                    path,
+                    "invalid_value",
+                ) from None
+        for key, value in items:
+            if isinstance(key, str):
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise APIError(
+                        400, "a JSON key holds a lone UTF-16 surrogate", path or None, "invalid_json"
+                    ) from None
+            stack.append((value, f"{path}.{key}" if path else str(key), depth + 1))
+
+
+def _check_unsupported(data: dict[str, Any], schema: type[BaseModel]) -> None:
+    for name, off in UNSUPPORTED.items():
+        if name in data and name not in schema.model_fields:
+            value = data.pop(name)
+            if not any(value == v and type(value) is type(v) for v in off):
+                shown = " / ".join(json.dumps(v) for v in off)
+                raise APIError(
+                    400,
+                    f"'{name}' is not supported by this server (accepted only as {shown})",
+                    name,
+                    "unsupported_parameter",
+                )
 
 
 def parse_body(raw: bytes, schema: type[BaseModel], limits: LimitsConfig) -> BaseModel:
@@ -156,19 +260,36 @@ def parse_body(raw: bytes, schema: type[BaseModel], limits: LimitsConfig) -> Bas
             code="request_too_large",
         )
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise APIError(400, "request JSON is nested too deeply", code="invalid_json") from None
+    except (UnicodeDecodeError, ValueError) as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    _check_json(data)
+    _check_unsupported(data, schema)
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or None
-        kind = "missing_field" if err["type"] == "missing" else "invalid_value"
-        what = "is required" if err["type"] == "missing" else err["msg"]
+        loc = _param(err["loc"])
+        if err["type"] == "missing":
+            kind, what = "missing_field", "is required"
+        elif err["type"] == "extra_forbidden":
+            kind, what = "unknown_parameter", "unrecognized request argument"
+        else:
+            kind, what = "invalid_value", err["msg"]
         raise APIError(400, f"'{loc}': {what}", param=loc, code=kind) from None
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    """A pydantic error location as the field path a client sent (without union-member tags)."""
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))]
+    return ".".join(parts) or None
+
+
+_UNION_TAGS = {"str", "list", "int", "float", "bool", "dict", "function-after", "function-before"}
 
 
 def check_limits(req: ChatRequest | CompletionRequest | RouteRequest, limits: LimitsConfig) -> None:
