@@ -7,7 +7,7 @@ import torch
 
 from mdkif.rag.types import Passage
 from mdkif.serving.config import check_artifacts, load_app_config
-from mdkif.serving.engine import GenRequest, RoutedEngine
+from mdkif.serving.engine import GenRequest, RoutedEngine, _Row
 from mdkif.serving.fixtures import build_tiny_artifacts
 from mdkif.serving.protocol import APIError
 
@@ -114,6 +114,37 @@ def test_sampling_is_seeded(engine):
     b = engine.generate_batch([_req(engine, PROMPTS[0], None, temperature=1.0, seed=7)])[0]["text"]
     c = engine.generate_batch([_req(engine, PROMPTS[0], None, temperature=1.0, top_p=0.5, seed=8)])[0]["text"]
     assert a == b and isinstance(c, str)
+
+
+def test_a_temperature_too_small_to_sample_is_greedy_and_a_huge_seed_works(engine):
+    greedy = engine.generate_batch([_req(engine, PROMPTS[0], "yes")])[0]["text"]
+    tiny = _req(engine, PROMPTS[0], "yes", temperature=1e-40, seed=2**64 - 1)
+    assert engine.generate_batch([tiny])[0]["text"] == greedy
+
+
+def test_a_failing_request_fails_alone_in_its_batch(engine):
+    normal = [_req(engine, p, "yes") for p in PROMPTS]
+    alone = [engine.generate_batch([r])[0]["text"] for r in normal]
+    vocab = engine.model.config.vocab_size
+    poisoned = GenRequest([1, vocab + 5, 2], "yes", max_tokens=4)  # a token id past the embedding table
+    with pytest.raises(IndexError):
+        engine.generate_batch([normal[0], poisoned])
+    out = engine.generate_each([normal[0], poisoned, normal[1], normal[2]])
+    assert [o.get("text") for o in (out[0], out[2], out[3])] == alone
+    assert out[1]["status"] == 500 and out[1]["error"]["code"] == "internal_error"
+    assert "IndexError" in out[1]["error"]["message"]
+
+
+def test_a_character_cut_by_max_tokens_is_not_a_replacement_character(engine):
+    # Byte-level BPE: a max_tokens cut inside a multi-byte character decodes to U+FFFD; it is dropped.
+    ids = engine.tokenizer("日本の医療", add_special_tokens=False)["input_ids"]
+    cuts = [n for n in range(1, len(ids)) if engine.tokenizer.decode(ids[:n]).endswith("\ufffd")]
+    assert cuts, "the tokenizer split no character over tokens"
+    row = _Row(GenRequest([1], None, max_tokens=cuts[0], ignore_eos=True), None)
+    for token in ids[: cuts[0]]:
+        engine._advance(row, token)
+    assert row.finish == "length" and not row.text.endswith("\ufffd")
+    assert row.text == engine.tokenizer.decode(ids[: cuts[0]]).rstrip("\ufffd")
 
 
 def test_route_weights(engine):

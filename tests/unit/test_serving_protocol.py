@@ -13,6 +13,7 @@ from mdkif.serving.protocol import (
     CompletionRequest,
     LimitsConfig,
     ModelNames,
+    RouteRequest,
     chat_response,
     check_api_key,
     check_limits,
@@ -61,6 +62,45 @@ def test_valid_chat_and_completion_parse():
             "invalid_value",
         ),
         (b"x" * 2001, 413, None, "request_too_large"),
+        # Strict types, as OpenAI: no "8" for an integer, true for a number, "yes" for a boolean.
+        (_chat(max_tokens="8"), 400, "max_tokens", "invalid_value"),
+        (_chat(max_tokens=True), 400, "max_tokens", "invalid_value"),
+        (_chat(temperature="0.5"), 400, "temperature", "invalid_value"),
+        (_chat(stream="yes"), 400, "stream", "invalid_value"),
+        (_chat(seed=10**30), 400, "seed", "invalid_value"),
+        (_chat(seed=-1), 400, "seed", "invalid_value"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+            400,
+            None,
+            "invalid_json",
+        ),
+        (_chat(stream_options={"include_usage": 1}), 400, "stream_options.include_usage", "invalid_value"),
+        # Unimplemented OpenAI parameters and unknown fields are refused by name.
+        (
+            _chat(tools=[{"type": "function", "function": {"name": "f"}}]),
+            400,
+            "tools",
+            "unsupported_parameter",
+        ),
+        (_chat(response_format={"type": "json_object"}), 400, "response_format", "unsupported_parameter"),
+        (_chat(logprobs=True), 400, "logprobs", "unsupported_parameter"),
+        (_chat(frequency_penalty=0.5), 400, "frequency_penalty", "unsupported_parameter"),
+        (_chat(temprature=0.5), 400, "temprature", "unknown_parameter"),
+        # Text no UTF-8 can carry, and JSON nested past any real request.
+        (
+            _chat(messages=[{"role": "user", "content": "a\ud800b"}]),
+            400,
+            "messages.0.content",
+            "invalid_value",
+        ),
+        (b'{"model": "m", "messages": ' + b"[" * 600 + b"]" * 600 + b"}", 400, "messages", "invalid_json"),
+        (
+            _chat(messages=[{"role": "user", "content": [[[[[[[[[[[[[[[[[[[["x"]]]]]]]]]]]]]]]]]]]]}]),
+            400,
+            "messages",
+            "invalid_json",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(raw, status, param, code):
@@ -70,6 +110,39 @@ def test_bad_requests_name_the_field(raw, status, param, code):
     assert set(body) == {"message", "type", "param", "code"} and body["type"] == "invalid_request_error"
     if param:
         assert f"'{param}'" in body["message"]
+
+
+def test_unimplemented_parameters_at_their_no_op_values_are_accepted():
+    req = parse_body(
+        _chat(tools=[], logprobs=False, presence_penalty=0, response_format={"type": "text"}, user="u1"),
+        ChatRequest,
+        LIMITS,
+    )
+    assert req.messages[0].text() == "hi"
+    assert _err(parse_body, _chat(logprobs=1), ChatRequest, LIMITS).param == "logprobs"
+
+
+def test_empty_prompt_and_empty_route_messages_are_400s():
+    exc = _err(parse_body, b'{"model": "m", "prompt": ""}', CompletionRequest, LIMITS)
+    assert (exc.status, exc.param) == (400, "prompt") and "empty" in exc.message
+    assert _err(parse_body, b'{"model": "m", "prompt": [""]}', CompletionRequest, LIMITS).param == "prompt"
+    exc = _err(parse_body, b'{"model": "m", "messages": []}', RouteRequest, LIMITS)
+    assert (exc.status, exc.param) == (400, "messages")
+    exc = _err(parse_body, b'{"model": "m", "prompt": "a\\udc00"}', CompletionRequest, LIMITS)
+    assert (exc.status, exc.param) == (400, "prompt") and "surrogate" in exc.message
+
+
+def test_json_nested_past_the_parser_is_a_400():
+    raw = b'{"model": "m", "prompt": ' + b"[" * 10000 + b"]" * 10000 + b"}"
+    exc = _err(parse_body, raw, CompletionRequest, LimitsConfig(max_request_bytes=100_000))
+    assert (exc.status, exc.code) == (400, "invalid_json") and "nested" in exc.message
+
+
+def test_nan_temperature_is_named_as_not_finite():
+    exc = _err(parse_body, _chat(temperature=float("inf")), ChatRequest, LIMITS)
+    assert "not valid JSON" in exc.message  # json.dumps writes Infinity, which JSON does not have
+    exc = _err(parse_body, b'{"model": "m", "prompt": "x", "top_p": -Infinity}', CompletionRequest, LIMITS)
+    assert exc.code == "invalid_json" and "<=" not in exc.message
 
 
 def test_limits():

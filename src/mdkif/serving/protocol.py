@@ -205,11 +205,9 @@ def _check_json(data: Any) -> None:
     while stack:
         obj, path, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
+            top = path.split(".", 1)[0] or None
             raise APIError(
-                400,
-                f"request JSON is nested deeper than {MAX_JSON_DEPTH} levels",
-                path or None,
-                "invalid_json",
+                400, f"'{top}': JSON nested deeper than {MAX_JSON_DEPTH} levels", top, "invalid_json"
             )
         items: Any = ()
         if isinstance(obj, dict):
