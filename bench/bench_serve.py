@@ -270,8 +270,8 @@ def run_serve(mode: str, args, levels: list[int], app_args, profile) -> dict[str
             rows = []
             for c in levels:
                 rows.append(load(call, c, args.requests, args.seconds))
-                health = requests.get(f"{bases[name]}/{name}/healthz", timeout=30).json()
-                rows[-1]["batch_sizes_so_far"] = health["model"]["batch_sizes"]
+                stats = requests.get(f"{bases[name]}/{name}/v1/stats", timeout=30).json()
+                rows[-1]["batch_sizes_so_far"] = stats["model"]["batch_sizes"]
             out[key] = rows
             print(key, rows, flush=True)
     finally:

@@ -53,6 +53,7 @@ def server(tmp_path_factory):
                 "max_tokens": 1000,
                 "max_request_bytes": 8192,
                 "request_timeout_s": 30,
+                "body_timeout_s": 2,
             },
             "api_key_env": "MDKIF_ITEST_KEY",
             "require_api_key": True,
@@ -214,7 +215,364 @@ def test_auth_and_unknown_path(server, client):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     r = requests.get(f"{server}/v1/nothing", timeout=10)
     assert r.status_code == 404 and "error" in r.json()
-    assert requests.get(f"{server}/healthz", timeout=10).json()["status"] == "ok"
+    health = requests.get(f"{server}/healthz", timeout=10)
+    assert health.json()["status"] == "ok", health.text
+
+
+# ---- hardening (issue 14): every bad request a clear 4xx, safe defaults ---------------------------------
+ENDPOINTS = {
+    "/v1/chat/completions": {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+    },
+    "/v1/completions": {"model": "tiny", "prompt": "hi", "max_tokens": 2},
+    "/v1/route": {"model": "tiny:gate", "prompt": "hi"},
+}
+GEN_FIELDS = {  # field -> kind, for the generation endpoints
+    "model": "str",
+    "max_tokens": "int",
+    "max_completion_tokens": "int",
+    "temperature": "float",
+    "top_p": "float",
+    "seed": "int",
+    "stop": "stop",
+    "stream": "bool",
+    "n": "int",
+    "rag": "bool",
+    "ignore_eos": "bool",
+    "stream_options": "obj",
+    "user": "str",
+    "metadata": "obj",
+}
+NO_OP_WORDS = {"auto", "default", "none", "text"}
+OUT_OF_RANGE = {
+    "max_tokens": [0, -3, 1001, 10**20],
+    "max_completion_tokens": [0, 5000],
+    "temperature": [-0.1, 2.01, 1e300],
+    "top_p": [0, -1, 1.5],
+    "seed": [-1, 2**64, 10**30],
+    "n": [0, 2, 8],
+}
+
+
+def _wrong_values(kind):
+    from hypothesis import strategies as st
+
+    text = st.text(max_size=8)
+    ints = st.integers(-(10**6), 10**6)
+    floats = st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer())
+    lists = st.lists(ints, min_size=1, max_size=3)
+    objs = st.dictionaries(st.text(min_size=1, max_size=4), ints, min_size=1, max_size=2)
+    return {
+        "str": st.one_of(ints, st.booleans(), floats, lists, objs),
+        "int": st.one_of(text, st.booleans(), floats, lists, objs),
+        "float": st.one_of(text, st.booleans(), lists, objs),
+        "bool": st.one_of(text, ints, floats, lists, objs),
+        "stop": st.one_of(ints, st.booleans(), floats, objs, lists),
+        "obj": st.one_of(text, ints, st.booleans(), lists),
+    }[kind]
+
+
+def _malformed():
+    """(path, raw body or JSON body, headers, the param the refusal must name or None)."""
+    from hypothesis import strategies as st
+
+    from mdkif.serving.protocol import UNSUPPORTED
+
+    gen_paths = st.sampled_from(["/v1/chat/completions", "/v1/completions"])
+    any_path = st.sampled_from(list(ENDPOINTS))
+
+    def with_field(path, field, value, param=None):
+        return path, {**ENDPOINTS[path], field: value}, None, param or field
+
+    wrong_type = st.tuples(gen_paths, st.sampled_from(sorted(GEN_FIELDS))).flatmap(
+        lambda pf: _wrong_values(GEN_FIELDS[pf[1]]).map(lambda v: with_field(pf[0], pf[1], v))
+    )
+    out_of_range = st.tuples(gen_paths, st.sampled_from(sorted(OUT_OF_RANGE))).flatmap(
+        lambda pf: st.sampled_from(OUT_OF_RANGE[pf[1]]).map(lambda v: with_field(pf[0], pf[1], v))
+    )
+    unknown = (
+        st.tuples(
+            any_path,
+            st.from_regex(r"\A[a-z_]{3,12}\Z").filter(lambda n: n not in GEN_FIELDS and n not in UNSUPPORTED),
+        )
+        .filter(lambda pn: pn[1] not in {"messages", "prompt", "echo", "model"})
+        .map(lambda pn: with_field(pn[0], pn[1], 1))
+    )
+    unsupported = st.tuples(
+        gen_paths, st.sampled_from(sorted(n for n in UNSUPPORTED if n != "parallel_tool_calls"))
+    )
+    unsupported = unsupported.flatmap(
+        lambda pn: st.one_of(
+            st.text(min_size=1, max_size=5).filter(lambda t: t not in NO_OP_WORDS),
+            st.integers(2, 9),
+            st.just([{"type": "x"}]),
+        ).map(lambda v: with_field(pn[0], pn[1], v))
+    )
+    surrogate = st.tuples(
+        any_path, st.text(max_size=5), st.sampled_from(["\ud800", "\udfff", "\udc00"]), st.text(max_size=5)
+    ).map(
+        lambda t: (
+            t[0],
+            {**ENDPOINTS[t[0]], "messages": [{"role": "user", "content": t[1] + t[2] + t[3]}]}
+            if "chat" in t[0]
+            else {**ENDPOINTS[t[0]], "prompt": t[1] + t[2] + t[3]},
+            None,
+            "messages.0.content" if "chat" in t[0] else "prompt",
+        )
+    )
+    missing = any_path.flatmap(
+        lambda p: st.sampled_from(["model", "messages" if "chat" in p else "prompt"]).map(
+            lambda f: (
+                p,
+                {k: v for k, v in ENDPOINTS[p].items() if k != f},
+                None,
+                f if "route" not in p or f == "model" else "prompt",
+            )
+        )
+    )
+    empty = st.sampled_from(
+        [
+            ("/v1/completions", {"model": "tiny", "prompt": ""}, None, "prompt"),
+            ("/v1/completions", {"model": "tiny", "prompt": [""]}, None, "prompt"),
+            ("/v1/completions", {"model": "tiny", "prompt": []}, None, "prompt"),
+            ("/v1/chat/completions", {"model": "tiny", "messages": []}, None, "messages"),
+            ("/v1/route", {"model": "tiny", "messages": []}, None, "messages"),
+            ("/v1/route", {"model": "tiny", "prompt": ""}, None, "prompt"),
+            (
+                "/v1/chat/completions",
+                {"model": "", "messages": [{"role": "user", "content": "x"}]},
+                None,
+                "model",
+            ),
+            (
+                "/v1/chat/completions",
+                {"model": "tiny", "messages": [{"role": "bot", "content": "x"}]},
+                None,
+                "messages.0.role",
+            ),
+        ]
+    )
+    raw_bodies = st.one_of(
+        st.binary(min_size=1, max_size=40).filter(lambda b: not _is_json_object(b)),
+        st.sampled_from(
+            [b"[]", b"null", b"1", b'"x"', b"[1, 2]", b'{"model": NaN}', b'{"prompt": Infinity}']
+        ),
+        st.integers(20, 3000).map(lambda d: b'{"model": "tiny", "prompt": ' + b"[" * d + b"]" * d + b"}"),
+        st.just(b'{"model": "tiny", "prompt": "' + b"x" * 9000 + b'"}'),
+    )
+    raw = st.tuples(any_path, raw_bodies).map(lambda t: (t[0], t[1], None, None))
+    ctype = st.tuples(any_path, st.sampled_from(["text/plain", "application/x-www-form-urlencoded", ""])).map(
+        lambda t: (t[0], json.dumps(ENDPOINTS[t[0]]).encode(), {"Content-Type": t[1]}, None)
+    )
+    return st.one_of(wrong_type, out_of_range, unknown, unsupported, surrogate, missing, empty, raw, ctype)
+
+
+def _is_json_object(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw), dict)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+
+
+def test_fuzz_every_malformed_request_is_a_clear_4xx(server):
+    """300 generated malformed requests over the three POST endpoints: each a 4xx in OpenAI's error shape,
+    naming the field at fault; the server answers a normal request afterwards."""
+    from hypothesis import HealthCheck, given, settings
+
+    session = requests.Session()
+    seen: list[tuple[int, str | None]] = []
+
+    @settings(
+        max_examples=300,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(_malformed())
+    def check(case):
+        path, body, headers, param = case
+        h = {"Authorization": f"Bearer {KEY}"}
+        if isinstance(body, bytes):
+            h["Content-Type"] = "application/json"
+            h.update(headers or {})
+            r = session.post(f"{server}{path}", data=body, headers=h, timeout=30)
+        else:
+            r = session.post(
+                f"{server}{path}",
+                data=json.dumps(body).encode(),
+                headers={**h, "Content-Type": "application/json"},
+                timeout=30,
+            )
+        assert 400 <= r.status_code < 500, (case, r.status_code, r.text[:300])
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"} and err["message"], err
+        if param is not None:
+            assert err["param"] == param or (err["param"] or "").startswith(param + "."), (case, err)
+        seen.append((r.status_code, err["code"]))
+
+    check()
+    assert len(seen) >= 300
+    codes = {c for _, c in seen}
+    assert {"invalid_value", "unknown_parameter", "unsupported_parameter", "invalid_json"} <= codes, codes
+    ok = _post(server, "/v1/completions", {"model": "tiny", "prompt": "still there?", "max_tokens": 2})
+    assert ok.status_code == 200, ok.text
+
+
+def test_poisoned_rows_batched_with_normal_ones_all_succeed(server):
+    # Before the fix, temperature 1e-40 (NaN probabilities) and seed 10**30-ish values raised inside the
+    # batch and every request sharing it got a 500. Now: the tiny temperature is greedy, the seed in range.
+    normal = [
+        {"model": "tiny:triage", "prompt": f"case {i}: fever?", "max_tokens": 6, "ignore_eos": True}
+        for i in range(5)
+    ]
+    alone = [_post(server, "/v1/completions", b).json()["choices"][0]["text"] for b in normal]
+    poisoned = {**normal[0], "temperature": 1e-40, "seed": 2**64 - 1}
+    bodies = [poisoned, *normal]
+    out: list = [None] * len(bodies)
+    barrier = threading.Barrier(len(bodies))
+
+    def send(i):
+        barrier.wait()
+        out[i] = _post(server, "/v1/completions", bodies[i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [r.status_code for r in out] == [200] * len(bodies), [r.text for r in out]
+    assert [r.json()["choices"][0]["text"] for r in out[1:]] == alone
+    assert out[0].json()["choices"][0]["text"] == alone[0]  # its greedy limit
+    stats = requests.get(f"{server}/v1/stats", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()
+    assert max(int(k) for k in stats["model"]["batch_sizes"]) > 1  # they did share batches
+
+
+def test_safe_defaults(server):
+    host = server.removeprefix("http://")
+    r = requests.get(
+        f"{server}/v1/models", headers={"Host": "evil.example", "Authorization": f"Bearer {KEY}"}, timeout=10
+    )
+    assert r.status_code == 421 and r.json()["error"]["code"] == "bad_host"
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        r = requests.get(f"{server}{path}", timeout=10)
+        assert r.status_code == 404 and "docs: true" in r.json()["error"]["message"]
+    r = requests.post(
+        f"{server}/v1/completions",
+        data=json.dumps(ENDPOINTS["/v1/completions"]),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "text/plain"},
+        timeout=10,
+    )
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    # Health from the controller: answers while the replica is busy generating, and shows no process ids.
+    busy = [
+        threading.Thread(
+            target=_post,
+            args=(
+                server,
+                "/v1/completions",
+                {"model": "tiny", "prompt": "x", "max_tokens": 200, "ignore_eos": True},
+            ),
+        )
+        for _ in range(4)
+    ]
+    for t in busy:
+        t.start()
+    time.sleep(0.5)
+    health = requests.get(f"{server}/healthz", headers={"Host": host}, timeout=5)
+    for t in busy:
+        t.join(timeout=120)
+    assert health.status_code == 200 and health.json() == {"status": "ok", "model_replicas": 1}
+
+
+def _raw_http(server, head: bytes, chunks, wait: float = 15.0) -> tuple[bytes, int]:
+    """Send `head` then `chunks` on one socket until the server answers; (response, bytes of body sent)."""
+    import select
+    import socket
+
+    host, port = server.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=wait)
+    sent = 0
+    try:
+        sock.sendall(head)
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                break
+            sent += len(chunk)
+        sock.settimeout(wait)
+        data = b""
+        while True:  # the head, then content-length bytes of body
+            head_end = data.find(b"\r\n\r\n")
+            if head_end >= 0:
+                length = [
+                    ln for ln in data[:head_end].lower().split(b"\r\n") if ln.startswith(b"content-length:")
+                ]
+                if len(data) >= head_end + 4 + (int(length[0].split(b":")[1]) if length else 0):
+                    break
+            part = sock.recv(65536)
+            if not part:
+                break
+            data += part
+        return data, sent
+    finally:
+        sock.close()
+
+
+def test_body_size_enforced_while_reading_and_slow_bodies_time_out(server):
+    host = server.removeprefix("http://")
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    piece = b"x" * 65536
+    chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    total = 320 * len(chunk)  # 20 MB, chunked, no Content-Length
+
+    def slow_chunks():
+        for _ in range(320):
+            time.sleep(0.005)
+            yield chunk
+
+    response, sent = _raw_http(server, head, slow_chunks())
+    assert response.startswith(b"HTTP/1.1 413"), response[:200]
+    assert sent < total / 2, f"{sent} of {total} bytes were sent before the 413"
+    short = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+    ).encode() + b'{"model": "tiny",'
+    start = time.monotonic()
+    response, _ = _raw_http(server, short, [])
+    assert response.startswith(b"HTTP/1.1 408"), response[:200]
+    assert time.monotonic() - start < 10
+    assert b'"request_timeout"' in response
+
+
+def test_model_card_and_streamed_echo(server, client):
+    card = client.models.retrieve("tiny:triage")
+    assert card.id == "tiny:triage"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("tiny:nope")
+    plain = client.completions.create(
+        model="tiny", prompt="Fever", max_tokens=4, echo=True, extra_body={"ignore_eos": True}
+    )
+    chunks = list(
+        client.completions.create(
+            model="tiny",
+            prompt="Fever",
+            max_tokens=4,
+            echo=True,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+    )
+    streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert streamed == plain.choices[0].text and streamed.startswith("Fever")
 
 
 def _model_replica():

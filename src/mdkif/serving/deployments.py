@@ -244,6 +244,11 @@ def _failure(exc: BaseException, timeout: float) -> APIError:
     return APIError(500, f"internal error: {type(exc).__name__}", code="internal_error")
 
 
+def _value(enum_or_str: Any) -> str:
+    # (Defined above the class: Serve pickles the ingress class with the module globals it sees then.)
+    return str(getattr(enum_or_str, "value", enum_or_str))
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(api)
 class Ingress:
@@ -462,12 +467,18 @@ class Ingress:
             running = await asyncio.wait_for(asyncio.to_thread(self._running_model_replicas), 5.0)
         except Exception as exc:  # noqa: BLE001
             return JSONResponse(
-                {"status": "unavailable", **error_body(f"controller: {type(exc).__name__}", "server_error")},
+                {
+                    "status": "unavailable",
+                    **error_body(f"controller: {type(exc).__name__}: {exc}", "server_error"),
+                },
                 status_code=503,
             )
         if running < 1:
             return JSONResponse(
-                {"status": "unavailable", **error_body("no running model replica", "server_error")},
+                {
+                    "status": "unavailable",
+                    **error_body(f"no running model replica in app {self.app_name!r}", "server_error"),
+                },
                 status_code=503,
             )
         return {"status": "ok", "model_replicas": running}
@@ -478,7 +489,3 @@ class Ingress:
         if dep is None or _value(dep.status) == "UNHEALTHY":
             return 0
         return sum(int(n) for state, n in dep.replica_states.items() if _value(state) == "RUNNING")
-
-
-def _value(enum_or_str: Any) -> str:
-    return str(getattr(enum_or_str, "value", enum_or_str))
