@@ -122,6 +122,19 @@ def test_unimplemented_parameters_at_their_no_op_values_are_accepted():
     assert _err(parse_body, _chat(logprobs=1), ChatRequest, LIMITS).param == "logprobs"
 
 
+def test_a_previous_response_message_can_be_sent_back():
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello", "refusal": None, "tool_calls": None, "audio": None},
+        {"role": "user", "content": "and?"},
+    ]
+    req = parse_body(json.dumps({"model": "m", "messages": history}).encode(), ChatRequest, LIMITS)
+    assert [m.text() for m in req.messages] == ["hi", "hello", "and?"]
+    history[1]["tool_calls"] = [{"id": "c1"}]
+    exc = _err(parse_body, json.dumps({"model": "m", "messages": history}).encode(), ChatRequest, LIMITS)
+    assert exc.param == "messages.1" and "tool_calls" in exc.message
+
+
 def test_empty_prompt_and_empty_route_messages_are_400s():
     exc = _err(parse_body, b'{"model": "m", "prompt": ""}', CompletionRequest, LIMITS)
     assert (exc.status, exc.param) == (400, "prompt") and "empty" in exc.message

@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mdkif.config import StrictModel
 
@@ -128,6 +128,20 @@ class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "developer"]
     content: Text | list[dict[str, Any]]
     name: Text | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _history_fields(cls, data: Any) -> Any:
+        # A client that sends back a previous response's message (openai's `message.model_dump()`) adds
+        # these as null / []; accept them so, refuse them with content (no tools or audio here).
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("refusal", "tool_calls", "function_call", "audio", "annotations", "tool_call_id"):
+                if key in data:
+                    if data[key] not in (None, []):
+                        raise ValueError(f"'{key}' is not supported by this server (only null)")
+                    del data[key]
+        return data
 
     def text(self) -> str:
         """The message text; OpenAI's content parts are accepted when they are all `text` parts."""
