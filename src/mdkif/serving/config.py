@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mdkif.config import ConfigError, StrictModel, load_yaml, validate
 from mdkif.models.config import ModelConfig
-from mdkif.serving.protocol import LimitsConfig
+from mdkif.serving.protocol import LOOPBACK_HOSTS, LimitsConfig
 
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ROUTER_FILE = "router.json"
@@ -105,7 +105,7 @@ class ServeAppConfig(StrictModel):
     api_key_env: str | None = Field("MDKIF_API_KEY", description="Env var holding the Bearer key (if set).")
     require_api_key: bool = Field(False, description="Refuse to start when the api_key_env var is unset.")
     allowed_hosts: list[str] = Field(
-        default_factory=lambda: ["127.0.0.1", "localhost", "::1"],
+        default_factory=lambda: list(LOOPBACK_HOSTS),
         min_length=1,
         description="Host header values (without port) the API answers; others get 421, which stops DNS "
         "rebinding from a browser page. Add the names clients use when binding beyond loopback; '*' = any.",

@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mdkif.serving.protocol import (
+    LOOPBACK_HOSTS,
     SSE_DONE,
     APIError,
     ChatRequest,
@@ -37,6 +38,7 @@ from mdkif.serving.protocol import (
     check_limits,
     completion_response,
     error_body,
+    error_type,
     generation_params,
     new_id,
     parse_body,
@@ -157,7 +159,7 @@ class RoutedModel:
 # ---- Ingress ------------------------------------------------------------------------------------------
 # The docs pages are opt-in (`docs: true`); the replica's __init__ records the setting here, which the
 # middleware below reads (one ingress app per replica process).
-_SETTINGS: dict[str, Any] = {"docs": False, "allowed_hosts": ["127.0.0.1", "localhost", "::1"]}
+_SETTINGS: dict[str, Any] = {"docs": False, "allowed_hosts": list(LOOPBACK_HOSTS)}
 _DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
 api = FastAPI(title="MDKIF", description="OpenAI-compatible API over the routed medical model")
@@ -216,17 +218,13 @@ api.add_middleware(_Guard)
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     # Unknown paths and wrong methods get the same JSON error shape as everything else.
-    return JSONResponse(error_body(str(exc.detail), _kind(exc.status_code)), status_code=exc.status_code)
+    return JSONResponse(error_body(str(exc.detail), error_type(exc.status_code)), status_code=exc.status_code)
 
 
 @api.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path)
     return _json_error(APIError(500, f"internal error: {type(exc).__name__}", code="internal_error"))
-
-
-def _kind(status: int) -> str:
-    return APIError(status, "").type
 
 
 def _failure(exc: BaseException, timeout: float) -> APIError:
@@ -430,30 +428,29 @@ class Ingress:
             )
         return data
 
-    @api.get("/v1/models")
-    async def models(self, request: Request) -> Any:
+    def _refusal(self, request: Request, model_id: str | None = None) -> JSONResponse | None:
+        """The 401 (wrong key) or 404 (unknown model id) for a GET, or None when it may proceed."""
         try:
             check_api_key(request.headers.get("authorization"), self.api_key)
+            if model_id is not None:
+                self.names.resolve(model_id)
         except APIError as exc:
             return _json_error(exc)
-        return {"object": "list", "data": self._model_cards()}
+        return None
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> Any:
+        return self._refusal(request) or {"object": "list", "data": self._model_cards()}
 
     @api.get("/v1/models/{model_id:path}")
     async def model_card(self, model_id: str, request: Request) -> Any:
-        try:
-            check_api_key(request.headers.get("authorization"), self.api_key)
-            self.names.resolve(model_id)
-        except APIError as exc:
-            return _json_error(exc)
-        return next(m for m in self._model_cards() if m["id"] == model_id)
+        return self._refusal(request, model_id) or next(m for m in self._model_cards() if m["id"] == model_id)
 
     @api.get("/v1/stats")
     async def stats(self, request: Request) -> Any:
         """The model replica's counters: merged-weight cache, batch sizes (needs the key)."""
-        try:
-            check_api_key(request.headers.get("authorization"), self.api_key)
-        except APIError as exc:
-            return _json_error(exc)
+        if (refused := self._refusal(request)) is not None:
+            return refused
         result = await self._call("stats", {})
         return result if isinstance(result, JSONResponse) else {"object": "stats", "model": result}
 

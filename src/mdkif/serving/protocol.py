@@ -54,13 +54,17 @@ class APIError(Exception):
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
-        self.type = type or _default_type(status)
+        self.type = type or error_type(status)
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
 
 
-def _default_type(status: int) -> str:
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error `type` for an HTTP status."""
     if status == 401:
         return "authentication_error"
     if status == 404:
