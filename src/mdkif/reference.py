@@ -23,7 +23,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import Field, model_validator
@@ -53,6 +53,13 @@ class RouterPlan(StrictModel):
     cmaes_sigma0: float = Field(0.3, gt=0)
     l1: float = Field(0.01, ge=0, description="L1 strength on the free CMA-ES weights")
     max_length: int = Field(320, ge=32)
+    loss: Literal["answer", "label"] = Field(
+        "answer",
+        description="router objective on classification tasks: 'answer' = target-token cross-entropy over "
+        "the vocabulary (every task kind); 'label' = cross-entropy of the gold label among the task's labels, "
+        "the scorer's own quantity (other kinds keep 'answer' and reuse its routers and evaluation). Label fits "
+        "go to routers-label/ and eval-label/",
+    )
 
 
 class ReferenceConfig(StrictModel):
@@ -71,6 +78,20 @@ class ReferenceConfig(StrictModel):
     num_workers: int = Field(2, ge=1, description="evaluation actors")
     shard_size: int = Field(25, ge=1)
     seed: int = 0
+
+    def label_loss(self, task: str) -> bool:
+        """Whether `task`'s routers are fitted on the label objective (a classification task under 'label')."""
+        from mdkif.data.tasks import TASKS
+
+        return self.routers.loss == "label" and TASKS[task].kind == "classification"
+
+    def routers_dir(self, task: str) -> Path:
+        """Where `task`'s routers go: `routers-label/` only where the label objective changes the fit, so a
+        'label' run reuses the other tasks' routers and evaluation as they are."""
+        return self.out / ("routers-label" if self.label_loss(task) else "routers") / task
+
+    def eval_dir(self, task: str) -> Path:
+        return self.out / ("eval-label" if self.label_loss(task) else "eval") / task
 
     @model_validator(mode="after")
     def _known(self) -> ReferenceConfig:
@@ -173,7 +194,7 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
     import torch
 
     from mdkif.data.tasks import load_task
-    from mdkif.routing.data import encode, task_examples
+    from mdkif.routing.data import encode, encode_labels, task_examples
     from mdkif.routing.fit import task_loss
     from mdkif.routing.pipeline import build_fused, fit_router
     from mdkif.routing.router import save_router
@@ -181,10 +202,10 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
     r = cfg.routers
     methods = [("gradient", r.k_gradient)] + [("cmaes", k) for k in sorted(r.cmaes_ks)]
     fits: dict[str, dict[str, Any]] = {}
-    todo = [t for t in cfg.tasks if not (cfg.out / "routers" / t.name / "fit.json").is_file()]
+    todo = [t for t in cfg.tasks if not (cfg.routers_dir(t.name) / "fit.json").is_file()]
     for t in cfg.tasks:
         if t not in todo:
-            fits[t.name] = json.loads((cfg.out / "routers" / t.name / "fit.json").read_text())
+            fits[t.name] = json.loads((cfg.routers_dir(t.name) / "fit.json").read_text())
     if not todo:
         return fits
     grad_cfg = _route_cfg(cfg, adapters, "gradient")
@@ -199,8 +220,21 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
         if len(pool) < need:
             raise ValueError(f"task {t.name}: {len(pool)} train items, the routers need {need}")
         eos = tok.eos_token or ""
-        fit: dict[str, Any] = {"task": t.name, "skills": names, "train_items": len(pool), "routers": {}}
-        few = encode(tok, task_examples(pool[: max(r.cmaes_ks)], eos), r.max_length)
+        label_loss = cfg.label_loss(t.name)
+
+        def batch_of(items: list[Any], label_loss: bool = label_loss, eos: str = eos) -> Any:
+            if label_loss:
+                return encode_labels(tok, items, r.max_length)
+            return encode(tok, task_examples(items, eos), r.max_length)
+
+        fit: dict[str, Any] = {
+            "task": t.name,
+            "skills": names,
+            "train_items": len(pool),
+            "loss": "label" if label_loss else "answer",
+            "routers": {},
+        }
+        few = batch_of(pool[: max(r.cmaes_ks)])
         single = [task_loss(fused, torch.eye(K)[i], few) for i in range(K)]
         best = min(range(K), key=single.__getitem__)
         fit.update(
@@ -216,7 +250,7 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
         )
         for method, k in methods:
             t1 = time.perf_counter()
-            batch = encode(tok, task_examples(pool[:k], eos), r.max_length)
+            batch = batch_of(pool[:k])
             route_cfg = grad_cfg if method == "gradient" else _route_cfg(cfg, adapters, method)
             router, res = fit_router(route_cfg, fused, batch, seed=cfg.seed)
             with torch.no_grad():
@@ -232,7 +266,7 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
                 "weights": dict(zip(names, [round(x, 4) for x in w.tolist()], strict=True)),
                 "seconds": round(time.perf_counter() - t1, 1),
             }
-            save_router(router, bank, fused, cfg.out / "routers" / t.name / key, {"fit": info})
+            save_router(router, bank, fused, cfg.routers_dir(t.name) / key, {"fit": info})
             fit["routers"][key] = info
             top = sorted(info["weights"].items(), key=lambda kv: -abs(kv[1]))[:3]
             print(
@@ -241,7 +275,7 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
                 flush=True,
             )
         fit["seconds"] = round(time.perf_counter() - t0, 1)
-        (cfg.out / "routers" / t.name / "fit.json").write_text(json.dumps(fit, indent=2) + "\n")
+        (cfg.routers_dir(t.name) / "fit.json").write_text(json.dumps(fit, indent=2) + "\n")
         fits[t.name] = fit
     del fused
     return fits
@@ -252,7 +286,7 @@ def variant_rows(cfg: ReferenceConfig, adapters: Path, fit: dict[str, Any]) -> l
     model = _model(cfg)
     scoring = {"method": "loglik", "batch_size": 8, "max_prompt_tokens": 512}
     names = fit["skills"]
-    folder = cfg.out / "routers" / fit["task"]
+    folder = cfg.routers_dir(fit["task"])
     rows = [
         {"name": "base", "model": model, "scoring": scoring},
         {
@@ -292,7 +326,7 @@ def evaluate(cfg: ReferenceConfig, adapters: Path, fits: dict[str, dict[str, Any
         eval_cfg = validate(
             EvalConfig,
             {
-                "out": str(cfg.out / "eval" / t.name),
+                "out": str(cfg.eval_dir(t.name)),
                 "variants": variant_rows(cfg, adapters, fits[t.name]),
                 "tasks": [{"task": t.name, "split": "test", "limit": cfg.n_test}],
                 "data_root": str(cfg.data_root),

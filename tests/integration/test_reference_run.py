@@ -68,6 +68,16 @@ shard_size: 4
     assert "reusing it" in again.output
     summary = json.loads((out / "eval" / "healthver" / "summary.json").read_text())
     assert summary["shards"]["computed"] == 0
+    # The label objective refits only the classification task; meqsum's routers and scores are reused.
+    label = CliRunner().invoke(app, ["reference", str(config), "routers.loss=label"])
+    assert label.exit_code == 0, label.output
+    fit = json.loads((out / "routers-label" / "healthver" / "fit.json").read_text())
+    assert fit["loss"] == "label" and set(fit["routers"]) == {"gradient", "cmaes-k2", "cmaes-k3"}
+    assert not (out / "routers-label" / "meqsum").exists()
+    assert (
+        json.loads((out / "eval-label" / "healthver" / "summary.json").read_text())["shards"]["computed"] > 0
+    )
+    assert json.loads((out / "eval" / "meqsum" / "summary.json").read_text())["shards"]["computed"] == 0
     # The run stopped the Ray instances it started, so the next module can start its own.
     import ray
 

@@ -161,3 +161,82 @@ def test_cmaes_never_returns_worse_than_its_start(setup):
         router.logits.zero_()
     fit_cmaes(fused, router, train, max_evals=12, sigma0=0.5, reg="l1", strength=50.0)
     assert torch.equal(router().detach(), torch.zeros(2))
+
+
+def _triage_records(answer: str, n: int = 8) -> list:
+    from mdkif.data.tasks import TaskRecord
+    from mdkif.fusion.synthetic import FINDINGS
+
+    return [
+        TaskRecord(
+            id=f"t{i}",
+            task="triage",
+            kind="classification",
+            instruction="Answer yes or no: does this finding need same-day care?",
+            input=f"Patient with {FINDINGS[i]}.",
+            output=answer,
+            labels=("yes", "no"),
+        )
+        for i in range(n)
+    ]
+
+
+def test_label_loss_is_the_scorers_softmax_over_labels(setup):
+    from mdkif.evaluation.loglik import Request, score_requests
+    from mdkif.routing.data import encode_labels, label_loss, label_scores
+
+    fused, _, _, _ = setup
+    tok = load_model(ModelConfig(name="tiny")).tokenizer
+    records = _triage_records("yes", 5)
+    # Prompts of different lengths, so left padding and the per-row positions are exercised.
+    records[0] = records[0].model_copy(update={"input": records[0].input + " Also a long history." * 3})
+    batch = encode_labels(tok, records, max_length=128)
+    fused.set_weights(torch.tensor([0.6, 0.4]))
+    with torch.no_grad():
+        scores = label_scores(fused, batch)
+    eos = tok.eos_token_id
+    for i, r in enumerate(records):
+        ctx = tuple(tok(r.prompt(), add_special_tokens=True)["input_ids"])
+        for j, label in enumerate(r.labels):
+            cont = tuple(tok(label, add_special_tokens=False)["input_ids"] + [eos])
+            want = score_requests(fused, [Request(ctx, cont)], pad_id=0)[0][0]
+            assert scores[i, j].item() == pytest.approx(want, abs=1e-4)
+    want_ce = torch.nn.functional.cross_entropy(scores, torch.zeros(5, dtype=torch.long))
+    w = torch.tensor([0.6, 0.4], requires_grad=True)
+    fused.set_weights(w)
+    loss = label_loss(fused, batch)
+    assert loss.item() == pytest.approx(want_ce.item(), abs=1e-5)
+    loss.backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0  # the skill weights get a gradient through the cache
+    sub = batch.select([1, 2])
+    assert sub.input_ids.shape[1] < batch.input_ids.shape[1]  # the long row's padding is trimmed away
+    with torch.no_grad():
+        fused.set_weights(torch.tensor([0.6, 0.4]))
+        assert torch.allclose(label_scores(fused, sub), scores[[1, 2]], atol=1e-4)
+
+
+def test_label_loss_router_picks_the_skill_of_the_gold_label(setup):
+    from mdkif.routing.data import encode_labels
+
+    fused, bank, _, _ = setup
+    tok = load_model(ModelConfig(name="tiny")).tokenizer
+    batch = encode_labels(tok, _triage_records("no", 8), max_length=128)
+    no = bank.names.index("triage_no")
+    router = SkillRouter(2, fused.num_layers, per_layer=False)
+    res = fit_gradient(fused, router, batch, steps=20, lr=0.2)
+    w = router().detach()
+    assert w[no] > w[1 - no], w
+    assert res.final_loss < task_loss(fused, torch.full((2,), 0.5), batch)
+    cm = SkillRouter(2, fused.num_layers, normalize="linear")
+    fit_cmaes(fused, cm, batch, max_evals=24, reg="l1", strength=0.01)
+    assert task_loss(fused, cm, batch) <= task_loss(fused, cm.weights_from(torch.zeros(2)), batch) + 1e-6
+
+
+def test_label_batch_refuses_gold_outside_the_label_set():
+    from mdkif.routing.data import encode_labels
+
+    tok = load_model(ModelConfig(name="tiny")).tokenizer
+    records = _triage_records("yes", 2)
+    records[1] = records[1].model_copy(update={"output": "maybe"})
+    with pytest.raises(ValueError, match=r"'maybe'.*outside the label set"):
+        encode_labels(tok, records)

@@ -19,6 +19,10 @@ from typing import Any
 
 import torch
 
+from mdkif.models.scoring import continuation_logprobs, pad_left
+
+__all__ = ["Request", "generate", "pad_left", "score_requests", "score_shared_continuations"]
+
 
 @dataclass(frozen=True)
 class Request:
@@ -26,19 +30,6 @@ class Request:
 
     context: tuple[int, ...]
     continuation: tuple[int, ...]
-
-
-def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad token rows into input ids, attention mask and position ids (0 at each first real token)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids, mask, positions
 
 
 @torch.no_grad()
@@ -134,30 +125,9 @@ def score_shared_continuations(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, mask, positions = pad_left([prompts[i] for i in idx], pad_id)
-        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
-        res = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        scores = continuation_logprobs(
+            model, ids.to(device), mask.to(device), positions.to(device), continuations
         )
-        cache, rows = res.past_key_values, len(idx)
-        first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)
-        lengths = mask.sum(1, keepdim=True)
-        for j, cont in enumerate(continuations):
-            total = first[:, cont[0]].clone()
-            if len(cont) > 1:
-                step = torch.tensor(list(cont[:-1]), device=device).expand(rows, -1)
-                ext = torch.cat([mask, torch.ones_like(step)], dim=1)
-                pos = lengths + torch.arange(len(cont) - 1, device=device)
-                r = model(
-                    input_ids=step,
-                    attention_mask=ext,
-                    position_ids=pos,
-                    past_key_values=cache,
-                    use_cache=True,
-                )
-                lp = torch.log_softmax(r.logits.float(), dim=-1)
-                target = torch.tensor(list(cont[1:]), device=device).expand(rows, -1).unsqueeze(-1)
-                total += lp.gather(-1, target).squeeze(-1).sum(1)
-                cache.crop(-(len(cont) - 1))  # back to the prompts alone
-            for row, i in enumerate(idx):
-                out[i][j] = float(total[row])
+        for row, i in enumerate(idx):
+            out[i] = [float(v) for v in scores[row]]
     return out

@@ -2,6 +2,12 @@
 
 The masking is the skills stage's: the prompt is context, only the answer tokens are scored. A
 multiple-choice item becomes a prompt listing its options and ending in `Answer:`, with target ` X`.
+
+A classification task can instead be fitted on the scorer's own quantity (`LabelBatch`, `label_loss`):
+the cross-entropy of the gold label among the task's labels, each scored as label + EOS after the prompt.
+The answer loss spends most of its signal on format (the whole-vocabulary softmax puts mass on tokens
+that are no label at all, which the scorer's label-set argmax ignores); the label loss only rewards
+moving mass between the labels, which is what flips a prediction.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 import torch
 
 from mdkif.data.records import MCQRecord, format_prompt
+from mdkif.models.scoring import continuation_logprobs, pad_left
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,40 @@ class Batch:
     def select(self, idx: torch.Tensor | list[int]) -> Batch:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return Batch(self.input_ids[idx], self.attention_mask[idx], self.labels[idx], self.prompt_mask[idx])
+
+
+@dataclass
+class LabelBatch:
+    """Left-padded prompts of a classification task, its shared label continuations and the gold indices."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    continuations: tuple[tuple[int, ...], ...]
+    gold: torch.Tensor
+    labels: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def prompt_mask(self) -> torch.Tensor:
+        return self.attention_mask
+
+    def select(self, idx: torch.Tensor | list[int]) -> LabelBatch:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        mask = self.attention_mask[idx]
+        # Re-trim the shared left padding so a small selection does not carry a long batch's width.
+        keep = int(mask.sum(1).max())
+        cols = slice(mask.shape[1] - keep, None)
+        return LabelBatch(
+            self.input_ids[idx][:, cols],
+            mask[:, cols],
+            self.position_ids[idx][:, cols],
+            self.continuations,
+            self.gold[idx],
+            self.labels,
+        )
 
 
 def mcq_example(record: MCQRecord) -> TaskExample:
@@ -119,6 +160,57 @@ def encode(tokenizer: Any, examples: list[TaskExample], max_length: int = 512) -
         labels[i, n : len(s)] = torch.tensor(s[n:])
         pmask[i, :n] = 1
     return Batch(ids, att, labels, pmask)
+
+
+def encode_labels(tokenizer: Any, records: list[Any], max_length: int = 512) -> LabelBatch:
+    """Classification task items (`TaskRecord`s sharing one label set) as a `LabelBatch`.
+
+    The prompt is the harness's: the training prompt, with its middle cut when it is longer than
+    `max_length` tokens minus the longest label; each label is scored as its tokens + EOS.
+    """
+    if not records:
+        raise ValueError("no task items to encode")
+    labels = records[0].labels
+    if not labels or any(r.labels != labels for r in records):
+        raise ValueError(f"the label loss needs items of one label set (task {records[0].task})")
+    unknown = sorted({r.output for r in records if r.output not in labels})
+    if unknown:
+        raise ValueError(f"task {records[0].task}: gold output(s) {unknown} outside the label set {labels}")
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    conts = tuple(tuple(tokenizer(label, add_special_tokens=False)["input_ids"] + eos) for label in labels)
+    budget = max(1, max_length - max(len(c) for c in conts))
+    rows = []
+    for r in records:
+        ids = tokenizer(r.prompt(), add_special_tokens=True)["input_ids"]
+        if len(ids) > budget:
+            head = budget // 2
+            ids = ids[:head] + ids[len(ids) - (budget - head) :]
+        rows.append(ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    ids, mask, positions = pad_left(rows, pad)
+    gold = torch.tensor([labels.index(r.output) for r in records], dtype=torch.long)
+    return LabelBatch(ids, mask, positions, conts, gold, tuple(labels))
+
+
+def label_scores(model: Any, batch: LabelBatch) -> torch.Tensor:
+    """`[items, labels]` sum log-prob of each label + EOS after each prompt (the scorer's numbers)."""
+    return continuation_logprobs(
+        model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.continuations
+    )
+
+
+def label_loss(model: Any, batch: LabelBatch, per_example: bool = False) -> torch.Tensor:
+    """Cross-entropy of the gold label among the task's labels (softmax over their sequence scores)."""
+    scores = label_scores(model, batch)
+    loss = torch.nn.functional.cross_entropy(scores, batch.gold, reduction="none")
+    return loss if per_example else loss.mean()
+
+
+def objective(model: Any, batch: Batch | LabelBatch, per_example: bool = False) -> torch.Tensor:
+    """The router's loss for `batch`: `label_loss` for a `LabelBatch`, else `answer_loss`."""
+    if isinstance(batch, LabelBatch):
+        return label_loss(model, batch, per_example)
+    return answer_loss(model, batch, per_example)
 
 
 @functools.cache

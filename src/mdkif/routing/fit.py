@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from mdkif.fusion import FusedModel
-from mdkif.routing.data import Batch, answer_loss
+from mdkif.routing.data import Batch, LabelBatch, objective
 from mdkif.routing.router import GateRouter, SkillRouter, pooled_prompt_state
 
 Regularizer = Literal["none", "entropy", "l1"]
@@ -52,7 +52,7 @@ def _minibatches(n: int, size: int, gen: torch.Generator):
 def fit_gradient(
     fused: FusedModel,
     router: SkillRouter,
-    batch: Batch,
+    batch: Batch | LabelBatch,
     *,
     steps: int = 50,
     lr: float = 0.1,
@@ -69,7 +69,7 @@ def fit_gradient(
     for _ in range(steps):
         w = router()
         fused.set_weights(w)
-        loss = answer_loss(fused, batch.select(next(batches))) + penalty(w, reg, strength)
+        loss = objective(fused, batch.select(next(batches))) + penalty(w, reg, strength)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -82,7 +82,7 @@ def fit_gradient(
 def fit_cmaes(
     fused: FusedModel,
     router: SkillRouter,
-    batch: Batch,
+    batch: Batch | LabelBatch,
     *,
     max_evals: int = 60,
     popsize: int | None = None,
@@ -113,7 +113,7 @@ def fit_cmaes(
             for x in xs:
                 w = router.weights_from(torch.from_numpy(x))
                 fused.set_weights(w)
-                fs.append(float(answer_loss(fused, batch) + penalty(w, reg, strength)))
+                fs.append(float(objective(fused, batch) + penalty(w, reg, strength)))
             es.tell(xs, fs)
             result.history.append(min(fs))
         result.evaluations = es.result.evaluations
@@ -125,7 +125,7 @@ def fit_cmaes(
 def fit_gate(
     fused: FusedModel,
     gate: GateRouter,
-    batch: Batch,
+    batch: Batch | LabelBatch,
     *,
     steps: int = 50,
     lr: float = 1e-2,
@@ -146,7 +146,7 @@ def fit_gate(
         idx = next(batches)
         w = gate(pooled[idx])
         fused.set_weights(w, per_example=True)
-        loss = answer_loss(fused, batch.select(idx)) + penalty(w, reg, strength)
+        loss = objective(fused, batch.select(idx)) + penalty(w, reg, strength)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -157,7 +157,9 @@ def fit_gate(
 
 
 @torch.no_grad()
-def route_weights(fused: FusedModel, router: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, bool]:
+def route_weights(
+    fused: FusedModel, router: torch.nn.Module, batch: Batch | LabelBatch
+) -> tuple[torch.Tensor, bool]:
     """The weights `router` gives for `batch` and whether they are per example (a gate) or per task."""
     if isinstance(router, GateRouter):
         pooled = pooled_prompt_state(fused, batch.input_ids, batch.attention_mask, batch.prompt_mask)
@@ -167,7 +169,10 @@ def route_weights(fused: FusedModel, router: torch.nn.Module, batch: Batch) -> t
 
 @torch.no_grad()
 def task_loss(
-    fused: FusedModel, router: torch.nn.Module | torch.Tensor | None, batch: Batch, chunk: int = 16
+    fused: FusedModel,
+    router: torch.nn.Module | torch.Tensor | None,
+    batch: Batch | LabelBatch,
+    chunk: int = 16,
 ) -> float:
     """Mean answer loss over `batch` under a router, fixed weights (a tensor) or the base model (None)."""
     total, count = 0.0, 0
@@ -182,7 +187,7 @@ def task_loss(
             fused.set_weights(w, per_example=per_ex)
             ctx = nullcontext()
         with ctx:
-            losses = answer_loss(fused, part, per_example=True)
+            losses = objective(fused, part, per_example=True)
         total += float(losses.sum())
         count += len(part)
     return total / max(count, 1)
