@@ -30,13 +30,14 @@ def _register() -> None:
     from mdkif.models.commands import app as models_app
     from mdkif.rag.commands import app as rag_app
     from mdkif.reference import reference_command
-    from mdkif.routing.commands import route, tune
+    from mdkif.routing.commands import app as route_app
+    from mdkif.routing.commands import tune
     from mdkif.serving.commands import serve as serve_command
     from mdkif.skills.commands import train as train_command
 
     app.add_typer(data_app, name="data", help="Build and inspect unified skill data and benchmarks.")
     app.add_typer(models_app, name="models", help="Load and check base models.")
-    app.command("route")(route)
+    app.add_typer(route_app, name="route")
     app.command("tune")(tune)
     app.command("train", help="Train a stage from a YAML config (skills, cpt, sft, task, pipeline).")(
         train_command

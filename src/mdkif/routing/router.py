@@ -149,3 +149,18 @@ def load_router(path: str | Path, bank: SkillBank | None = None) -> tuple[nn.Mod
         router = GateRouter(info["hidden_size"], K, L, info["per_layer"], info["temperature"], info["width"])
     router.load_state_dict(load_file(str(folder / "router.safetensors")))
     return router, info
+
+
+def router_weights(path: str | Path, bank: SkillBank) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The fixed mixture a static router artifact encodes, `[L, K]` (per-layer) or `[K]`, and its info.
+
+    A gate is input-conditioned (one mixture per prompt), so it has no single mixture and is refused.
+    """
+    router, info = load_router(path, bank)
+    if not isinstance(router, SkillRouter):
+        raise FusionError(
+            f"{path}: router is input-conditioned (a gate), so it has no single mixture to merge or export; "
+            "use a static router (gradient or CMA-ES)"
+        )
+    with torch.no_grad():
+        return router().detach().float(), info
