@@ -46,11 +46,10 @@ class Encoder:
 
     @property
     def eos_ids(self) -> list[int]:
-        ids = {self.tok.eos_token_id}
-        # Chat models end a turn with their own token (<|im_end|>), which may differ from EOS.
-        end = self.tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in self.tok.get_vocab() else None
-        ids.add(end)
-        return sorted(i for i in ids if i is not None)
+        # Chat models end a turn with their own token (<|im_end|>, <|eot_id|>, ...), which may differ from EOS.
+        from mdkif.models.tokens import end_of_turn_ids
+
+        return end_of_turn_ids(self.tok)
 
 
 def fit_prompt(

@@ -23,6 +23,7 @@ from mdkif.data.tasks import TASKS, TaskRecord
 from mdkif.evaluation import task_metrics as tm
 from mdkif.evaluation.config import ScoringConfig
 from mdkif.evaluation.loglik import generate, score_shared_continuations
+from mdkif.models.tokens import end_of_turn_ids
 
 
 def prompt_ids(tokenizer: Any, record: TaskRecord, max_tokens: int) -> tuple[list[int], bool]:
@@ -35,10 +36,7 @@ def prompt_ids(tokenizer: Any, record: TaskRecord, max_tokens: int) -> tuple[lis
 
 
 def _eos_ids(tokenizer: Any) -> list[int]:
-    ids = {tokenizer.eos_token_id}
-    if "<|im_end|>" in tokenizer.get_vocab():
-        ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    return sorted(i for i in ids if i is not None)
+    return end_of_turn_ids(tokenizer)
 
 
 def _pad_id(tokenizer: Any) -> int:

@@ -86,11 +86,12 @@ def load_variant_model(variant: VariantConfig) -> tuple[Any, Any]:
 
 
 def fuse_router(model: Any, variant: VariantConfig) -> Any:
-    """Merge the variant's skill mixture into `model` once; returns the (same) model, now routed."""
+    """Merge the variant's skill mixture into `model` once (stacked on a quantized base); returns the
+    (same) model, now routed."""
     import torch
 
     from mdkif.fusion import FusionError, SkillBank, fuse
-    from mdkif.routing.router import load_router
+    from mdkif.routing.router import router_weights
 
     ref = variant.router
     try:
@@ -99,19 +100,15 @@ def fuse_router(model: Any, variant: VariantConfig) -> Any:
             if info is None:
                 raise EvalError(f"variant {variant.name}: router artifact {ref.path} not found")
             bank = SkillBank.from_dir(ref.adapters, info["skills"])
-            router, info = load_router(ref.path, bank)
-            if info["kind"] != "static":
-                raise EvalError(
-                    f"variant {variant.name}: router {ref.path} is input-conditioned (a gate); the harness "
-                    "merges one mixture per variant, so evaluate static routers here and serve gates"
-                )
-            with torch.no_grad():
-                weights = router()
+            weights, _ = router_weights(ref.path, bank)
         else:
             bank = SkillBank.from_dir(ref.adapters, list(ref.weights))
             weights = torch.tensor([ref.weights[n] for n in bank.names], dtype=torch.float32)
         fused = fuse(model, bank)
-        fused.merge(weights)
+        if fused.quantized:
+            fused.set_weights(weights)  # a 4/8-bit base cannot take a merged delta: the stacked path
+        else:
+            fused.merge(weights)
     except FusionError as exc:
         raise EvalError(f"variant {variant.name}: {exc}") from exc
     return fused.model

@@ -32,6 +32,31 @@ def layer_group(module: str) -> str:
     return f"layers.{m.group(1)}" if m else module
 
 
+def quantized_kind(layer: nn.Module) -> str | None:
+    """The quantized layer type of a bitsandbytes (or other packed-weight) linear, else None.
+
+    bitsandbytes' `Linear4bit` / `Linear8bitLt` subclass `nn.Linear`, so they pass the type check, but
+    their weight is packed uint8 / int8 storage: a delta can neither be cast to it nor added into it.
+    """
+    weight = getattr(layer, "weight", None)
+    if weight is None:
+        return None
+    if type(layer).__name__ in ("Linear4bit", "Linear8bitLt", "LinearNF4", "LinearFP4", "Linear8bit"):
+        return type(layer).__name__
+    if not weight.dtype.is_floating_point:
+        return f"{type(layer).__name__} with {weight.dtype} weights"
+    return None
+
+
+def factor_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype skill factors are kept in beside `layer`: its weight dtype, or a quantized layer's
+    compute dtype (bitsandbytes' `compute_dtype`; float32 when it has none), never packed storage."""
+    if quantized_kind(layer) is None:
+        return layer.weight.dtype
+    compute = getattr(layer, "compute_dtype", None)
+    return compute if isinstance(compute, torch.dtype) and compute.is_floating_point else torch.float32
+
+
 class FusionState:
     """The weights every fused layer reads: canonical shape [L, K], or [B, L, K] with one row per example."""
 
@@ -73,7 +98,8 @@ class FusedLinear(nn.Module):
         self.base = base
         self.group = group
         self.state = state
-        dev, dtype = base.weight.device, base.weight.dtype
+        self.quantized = quantized_kind(base)
+        dev, dtype = base.weight.device, factor_dtype(base)
         downs, ups, seg = [], [], []
         for i, d in enumerate(deltas):
             if d is None:
@@ -106,31 +132,44 @@ class FusedLinear(nn.Module):
         return int(self.segment.numel())
 
     def delta(self, weights: torch.Tensor) -> torch.Tensor:
-        """Dense `sum_i w_i dW_i` for one weight vector [K] (what merging adds to the base weight)."""
-        g = weights.to(self.down)[self.segment]
-        return self.up @ (self.down * g[:, None])
+        """Dense `sum_i w_i dW_i` for one weight vector [K], in float32 (what merging adds to the base
+        weight: computed in fp32 whatever the factors' dtype, rounded once into the weight's dtype)."""
+        g = weights.to(device=self.down.device, dtype=torch.float32)[self.segment]
+        return self.up.float() @ (self.down.float() * g[:, None])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         if self.merged_weights is not None or not self.state.enabled or self.rank == 0:
             return y
-        w = self.state.for_layer(self.group).to(x.dtype)
+        # The weights may live elsewhere (a router on the CPU, a CMA-ES candidate from numpy): move them to
+        # the activations (differentiably), and the factors to the activations' dtype (a quantized base
+        # computes in its compute dtype, which the factors are kept in, not its packed storage dtype).
+        w = self.state.for_layer(self.group).to(device=x.device, dtype=x.dtype)
         g = w[..., self.segment]  # [R] or [B, R]
         if g.dim() == 2:
             g = g.view(g.shape[0], *([1] * (x.dim() - 2)), g.shape[1])
-        return y + F.linear(F.linear(x, self.down) * g, self.up)
+        down, up = self.down, self.up
+        if down.dtype != x.dtype:
+            down, up = down.to(x.dtype), up.to(x.dtype)
+        return y + F.linear(F.linear(x, down) * g, up)
 
     @torch.no_grad()
     def merge(self, weights: torch.Tensor) -> None:
+        if self.quantized:
+            raise FusionError(
+                f"the base layer is quantized ({self.quantized}): a delta cannot be added into its packed "
+                "weights; use the stacked path (serving `merged: false`, evaluation without merging)"
+            )
         if self.merged_weights is not None:
             raise FusionError("layer already merged; unmerge first")
-        self.base.weight.add_(self.delta(weights))
+        # In fp32, rounded once into the weight's dtype (an in-place add would round the delta first).
+        self.base.weight.copy_(self.base.weight.float() + self.delta(weights))
         self.merged_weights = weights.detach().clone()
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged_weights is not None:
-            self.base.weight.sub_(self.delta(self.merged_weights))
+            self.base.weight.copy_(self.base.weight.float() - self.delta(self.merged_weights))
             self.merged_weights = None
 
 
@@ -178,6 +217,11 @@ class FusedModel(nn.Module):
         return len(self.groups)
 
     @property
+    def quantized(self) -> bool:
+        """Whether some fused layer sits on a quantized (packed-weight) base layer: stacked mode only."""
+        return any(layer.quantized for layer in self.layers.values())
+
+    @property
     def merged(self) -> bool:
         return any(layer.merged_weights is not None for layer in self.layers.values())
 
@@ -190,6 +234,13 @@ class FusedModel(nn.Module):
     @torch.no_grad()
     def merge(self, weights: torch.Tensor) -> None:
         """Fold `sum_i w_i dW_i` ([K] or [L, K]) into the base weights; forwards then cost what the base costs."""
+        quantized = [name for name, layer in self.layers.items() if layer.quantized]
+        if quantized:
+            raise FusionError(
+                f"{len(quantized)} fused layer(s) sit on a quantized base ({quantized[0]!r} is "
+                f"{self.layers[quantized[0]].quantized}): merging into packed weights is impossible; "
+                "use the stacked path (serving `merged: false`, evaluation without merging)"
+            )
         w = torch.as_tensor(weights, dtype=torch.float32)
         self.state.set(w)
         full = self.state.weights

@@ -60,16 +60,44 @@ def cache_root(cfg: ModelConfig | None = None) -> Path:
     return Path(os.environ.get("MDKIF_CACHE", Path.home() / ".cache" / "mdkif"))
 
 
+def ray_gpu_ids() -> list | None:
+    """The GPUs Ray assigned to the current task or actor; None outside a Ray worker (a driver, a test).
+
+    Ray (2.60) no longer hides the GPUs from a task or actor that asked for none, so "is CUDA available?"
+    is the wrong question inside one: a zero-GPU evaluation actor or Serve replica would load onto
+    `cuda:0` outside Ray's accounting, beside a training worker that owns it.
+    """
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        worker = ray.get_runtime_context().worker
+        if worker.mode != ray.WORKER_MODE:
+            return None
+        return list(ray.get_gpu_ids())
+    except Exception:  # noqa: BLE001 - a Ray internals change must not stop a model from loading
+        return None
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` is the first CUDA device when there is one, else the CPU."""
+    """`auto` is the first CUDA device when there is one, else the CPU; inside a Ray task or actor, CUDA
+    only when Ray assigned it a GPU (its visible devices then start at the assigned one)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        assigned = ray_gpu_ids()
+        return torch.device("cuda" if assigned is None or assigned else "cpu")
     return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto`: bf16 on a GPU that supports it, fp16 on an older one (V100, T4), fp32 on the CPU."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return getattr(torch, dtype)
 
 
@@ -262,7 +290,7 @@ def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
     dtype = resolve_dtype(cfg.dtype, device)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.quantization != "none":
-        compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+        compute = resolve_dtype("auto", device)
         kwargs["quantization_config"] = (
             BitsAndBytesConfig(
                 load_in_4bit=True,

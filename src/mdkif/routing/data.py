@@ -47,8 +47,15 @@ class Batch:
         return int(self.input_ids.shape[0])
 
     def select(self, idx: torch.Tensor | list[int]) -> Batch:
-        idx = torch.as_tensor(idx, dtype=torch.long)
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.input_ids.device)
         return Batch(self.input_ids[idx], self.attention_mask[idx], self.labels[idx], self.prompt_mask[idx])
+
+    def to(self, device: torch.device | str) -> Batch:
+        if self.input_ids.device == torch.device(device):
+            return self
+        return Batch(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels, self.prompt_mask))
+        )
 
 
 @dataclass
@@ -69,8 +76,20 @@ class LabelBatch:
     def prompt_mask(self) -> torch.Tensor:
         return self.attention_mask
 
+    def to(self, device: torch.device | str) -> LabelBatch:
+        if self.input_ids.device == torch.device(device):
+            return self
+        return LabelBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.position_ids.to(device),
+            self.continuations,
+            self.gold.to(device),
+            self.labels,
+        )
+
     def select(self, idx: torch.Tensor | list[int]) -> LabelBatch:
-        idx = torch.as_tensor(idx, dtype=torch.long)
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.input_ids.device)
         mask = self.attention_mask[idx]
         # Re-trim the shared left padding so a small selection does not carry a long batch's width.
         keep = int(mask.sum(1).max())
@@ -194,6 +213,7 @@ def encode_labels(tokenizer: Any, records: list[Any], max_length: int = 512) -> 
 
 def label_scores(model: Any, batch: LabelBatch) -> torch.Tensor:
     """`[items, labels]` sum log-prob of each label + EOS after each prompt (the scorer's numbers)."""
+    batch = batch.to(model_device(model))
     return continuation_logprobs(
         model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.continuations
     )
@@ -201,9 +221,18 @@ def label_scores(model: Any, batch: LabelBatch) -> torch.Tensor:
 
 def label_loss(model: Any, batch: LabelBatch, per_example: bool = False) -> torch.Tensor:
     """Cross-entropy of the gold label among the task's labels (softmax over their sequence scores)."""
+    batch = batch.to(model_device(model))
     scores = label_scores(model, batch)
     loss = torch.nn.functional.cross_entropy(scores, batch.gold, reduction="none")
     return loss if per_example else loss.mean()
+
+
+def model_device(model: Any) -> torch.device:
+    """Where `model`'s weights are (batches are built on the CPU and moved there before a forward)."""
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
 
 
 def objective(model: Any, batch: Batch | LabelBatch, per_example: bool = False) -> torch.Tensor:
@@ -240,8 +269,11 @@ def answer_loss(model: Any, batch: Batch, per_example: bool = False) -> torch.Te
     of a 135M model's head FLOPs and the [B, T, vocab] float buffer. The loss is the same as over full
     logits (tested to 1e-5).
     """
+    # The kept positions come from the batch as built (on the CPU: no device sync), then it moves.
+    keep = (batch.labels[:, 1:] != -100).any(0).nonzero().flatten()
+    batch = batch.to(model_device(model))
     labels = batch.labels[:, 1:]
-    keep = (labels != -100).any(0).nonzero().flatten()
+    keep = keep.to(labels.device)
     if _accepts_logits_to_keep(model) and len(keep) < labels.shape[1]:
         logits = model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep

@@ -94,7 +94,7 @@ def fit_cmaes(
     """CMA-ES over the router's logits; candidates differ only in the weights the fused layers read."""
     import cma
 
-    x0 = router.logits.detach().flatten().double().numpy()
+    x0 = router.logits.detach().flatten().double().cpu().numpy()
     opts = {"seed": seed + 1, "maxfevals": max_evals, "verbose": -9, "tolx": 1e-6, "tolfun": 1e-8}
     if popsize:
         opts["popsize"] = popsize

@@ -31,9 +31,10 @@ def fit_router(
     torch.manual_seed(seed)
     r, reg = cfg.router, cfg.regularizer
     K, L = fused.num_skills, fused.num_layers
+    device = next(fused.parameters()).device  # the router lives with the model (a GPU base: on the GPU)
     if cfg.method == "gate":
         hidden = fused.model.config.hidden_size
-        router: torch.nn.Module = GateRouter(hidden, K, L, r.per_layer, r.temperature)
+        router: torch.nn.Module = GateRouter(hidden, K, L, r.per_layer, r.temperature).to(device)
         res = fit_gate(
             fused,
             router,
@@ -46,7 +47,7 @@ def fit_router(
             seed=seed,
         )
         return router, res
-    router = SkillRouter(K, L, r.per_layer, r.temperature, r.normalize)
+    router = SkillRouter(K, L, r.per_layer, r.temperature, r.normalize).to(device)
     if cfg.method == "gradient":
         res = fit_gradient(
             fused,

@@ -88,7 +88,9 @@ def pooled_prompt_state(
     prompt_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean of the base model's last hidden state over the prompt tokens (adapters off): the gate's input."""
-    mask = (prompt_mask if prompt_mask is not None else attention_mask).float()
+    device = next(fused.parameters()).device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    mask = (prompt_mask if prompt_mask is not None else attention_mask).to(device).float()
     with fused.adapters_off():
         out = fused.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
     h = out.hidden_states[-1]
@@ -122,7 +124,8 @@ def save_router(
         info["hidden_size"] = router.net[0].normalized_shape[0]
         info["width"] = router.width
     save_file(
-        {k: v.detach().contiguous() for k, v in router.state_dict().items()}, str(out / "router.safetensors")
+        {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()},
+        str(out / "router.safetensors"),
     )
     path = out / "router.json"
     path.write_text(json.dumps(info, indent=2) + "\n")
