@@ -77,7 +77,11 @@ class SearcherSettings(StrictModel):
 
 
 class AdaloraTrial(StrictModel):
-    """kind: adalora: which skill each trial trains and on how many Train workers."""
+    """kind: adalora: which skill each trial trains and on how many Train workers.
+
+    GPUs come from the base config's `ray:` block (`use_gpu`, `gpus_per_worker`, `accelerator_type`),
+    e.g. `base_overrides: [ray.use_gpu=true]`.
+    """
 
     skill: str = Field(description="the skill whose adapter is searched")
     num_workers: int = Field(1, ge=1)
@@ -169,32 +173,30 @@ def router_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
 
 
 def adalora_trial(params: dict[str, Any], base: dict[str, Any], trial: dict[str, Any]) -> None:
-    """Tune function trainable: train one skill on a TorchTrainer launched here, report its validation loss."""
-    import ray.train
+    """Tune function trainable: train one skill on a TorchTrainer launched here, report its validation loss.
+
+    The trainer is the skills stage's own (`fit_trainer`): its workers take the trial block's
+    `num_workers` and `cpus_per_worker`, and the GPUs of the base config's `ray:` block.
+    """
     from ray import tune
-    from ray.train.torch import TorchTrainer
 
     from mdkif.skills.config import SkillsStage
-    from mdkif.skills.loop import METRICS, train_loop_per_worker
-    from mdkif.skills.runner import skill_jobs
+    from mdkif.skills.loop import METRICS
+    from mdkif.skills.runner import fit_trainer, skill_jobs
 
     trial_dir = Path(tune.get_context().get_trial_dir())
     data = trial_config(base, params)
     data["skills"] = [trial["skill"]]
     data["output_dir"] = str(trial_dir / "adapters")
+    ray_block = {**data.get("ray", {}), "storage_path": str(trial_dir / "train")}
+    ray_block.update(num_workers=trial["num_workers"], cpus_per_worker=trial["cpus_per_worker"])
+    data["ray"] = ray_block
     cfg = validate(SkillsStage, data, "adalora trial")
     jobs, left_out = skill_jobs(cfg)
     if not jobs:
         raise RuntimeError(f"skill {trial['skill']} has no data: {left_out}")
     job = jobs[0]
-    TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"job": job},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=trial["num_workers"], resources_per_worker={"CPU": trial["cpus_per_worker"]}
-        ),
-        run_config=ray.train.RunConfig(name="train", storage_path=str(trial_dir / "train")),
-    ).fit()
+    fit_trainer({"job": job}, trial["num_workers"], cfg, "train")
     metrics = json.loads((Path(job["out_dir"]) / METRICS).read_text())
     tune.report({"val_loss": metrics["val_loss_after"], "val_loss_before": metrics.get("val_loss_before")})
 

@@ -69,7 +69,16 @@ class OptimConfig(StrictModel):
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
     max_grad_norm: float = Field(1.0, gt=0.0)
     max_length: int = Field(256, ge=16, description="tokens per example (prompt+output) or per packed block")
-    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    bf16: bool = Field(
+        True,
+        description="mixed precision on CUDA: bf16 autocast, or fp16 with loss scaling on a GPU without bf16 "
+        "(V100, T4); ignored on CPU",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in backward (non-reentrant): less memory for long sequences on a "
+        "big base (8B), about a third more compute",
+    )
     group_by_length: bool = Field(
         True,
         description="micro-batches of similar length (seeded, resumable), so compute goes to real tokens "
@@ -78,9 +87,12 @@ class OptimConfig(StrictModel):
 
 
 class DeepSpeedConfig(StrictModel):
-    """DeepSpeed ZeRO with a torch optimizer (works over gloo on CPU); LoRA adapters only."""
+    """DeepSpeed ZeRO with a torch optimizer (gloo on CPU, nccl on CUDA); LoRA adapters only."""
 
     stage: Literal[2, 3] = 2
+    keep_checkpoints: int = Field(
+        2, ge=1, description="DeepSpeed checkpoint tags kept on disk (the newest N; older ones are deleted)"
+    )
 
 
 class FaultConfig(StrictModel):
@@ -98,7 +110,11 @@ class RayConfig(StrictModel):
     address: str | None = Field(None, description="Ray address; None starts or joins a local instance")
     num_workers: int = Field(2, ge=1, description="workers of the shared trainer (skills) or the stage")
     cpus_per_worker: float = Field(1.0, gt=0.0)
-    use_gpu: bool = False
+    use_gpu: bool = Field(False, description="one or more GPUs per worker; Ray Train then uses nccl")
+    gpus_per_worker: float = Field(1.0, gt=0.0, description="GPUs each worker reserves (with use_gpu)")
+    accelerator_type: str | None = Field(
+        None, description="with use_gpu: only nodes with this accelerator (Ray's name, e.g. 'A100', 'H100')"
+    )
     max_failures: int = Field(2, ge=0, description="worker-group restarts before the run fails")
     storage_path: Path | None = Field(None, description="Ray Train storage (default: OUTPUT/.ray)")
 
@@ -127,6 +143,12 @@ class CommonStage(StrictModel):
         if self.deepspeed is not None and self.adapter.kind == "adalora":
             # AdaLoRA's rank allocator reads p.grad, which ZeRO partitions away (p.grad is None).
             raise ValueError("deepspeed supports adapter.kind 'lora' only (AdaLoRA reads full gradients)")
+        if self.deepspeed is not None and self.model.quantization != "none":
+            # ZeRO casts and partitions the parameters; bitsandbytes' packed 4-/8-bit weights cannot be.
+            raise ValueError(
+                f"deepspeed cannot train a quantized base (model.quantization={self.model.quantization!r}): "
+                "set model.quantization: none to shard the base with ZeRO, or drop deepspeed for QLoRA"
+            )
         return self
 
 

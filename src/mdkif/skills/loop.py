@@ -4,7 +4,8 @@
 A config holds either one `job` (run data-parallel over all workers of the trainer) or `jobs_by_rank`
 (each worker trains its own share of small skills one after another, with no gradient exchange).
 
-A step, in order: forward each micro-batch (bf16 autocast on CUDA), loss = token-mean cross-entropy over
+A step, in order: forward each micro-batch (bf16 autocast on CUDA; fp16 with loss scaling on a GPU
+without bf16), loss = token-mean cross-entropy over
 the labelled tokens of the whole step (+ AdaLoRA's orthogonality penalty), backward (no DDP sync until the
 last micro-batch), clip, optimizer and scheduler step, AdaLoRA `update_and_allocate(step)` on the unwrapped
 peft model (it reads the gradients, so before `zero_grad`), `zero_grad`. Checkpoints every N steps and at
@@ -29,8 +30,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mdkif.skills.checkpoint import load_checkpoint, save_checkpoint
+from mdkif.skills.checkpoint import (
+    load_checkpoint,
+    prune_deepspeed_checkpoints,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    save_deepspeed_checkpoint,
+)
 from mdkif.skills.data import IGNORE, Example, MicroBatchStream, collate, total_steps
+from mdkif.skills.devices import autocast_dtype, process_group_backend
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +134,32 @@ def load_examples(job: dict[str, Any], tokenizer: Any) -> tuple[list[Example], l
     return job_examples(job, tokenizer)
 
 
-def build_peft_model(base: Any, adapter: dict[str, Any], steps: int, seed: int, quantized: bool) -> Any:
-    """Wrap the frozen base with a fresh LoRA or AdaLoRA adapter (AdaLoRA's schedule set from `steps`)."""
+def build_peft_model(
+    base: Any,
+    adapter: dict[str, Any],
+    steps: int,
+    seed: int,
+    quantized: bool,
+    gradient_checkpointing: bool = False,
+) -> Any:
+    """Wrap the frozen base with a fresh LoRA or AdaLoRA adapter (AdaLoRA's schedule set from `steps`).
+
+    With `gradient_checkpointing`, the base recomputes its layers' activations in backward, non-reentrant:
+    the reentrant kind gives the adapter inside a layer no gradient unless the layer's input requires grad,
+    which the frozen embeddings' output does not (the input hook makes it so anyway, as peft advises).
+    """
     from peft import AdaLoraConfig, LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    gc_kwargs = {"use_reentrant": False}
     if quantized:
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+        base = prepare_model_for_kbit_training(
+            base, use_gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=gc_kwargs
+        )
+    elif gradient_checkpointing:
+        enable_activation_checkpointing(base, gc_kwargs)
+    if gradient_checkpointing:
+        base.enable_input_require_grads()
+        base.config.use_cache = False  # a KV cache is useless in training and conflicts with recomputation
     common = {
         "task_type": "CAUSAL_LM",
         "lora_alpha": adapter["lora_alpha"],
@@ -158,6 +187,14 @@ def build_peft_model(base: Any, adapter: dict[str, Any], steps: int, seed: int, 
         cfg = LoraConfig(r=adapter["r"], **common)
     torch.manual_seed(seed)  # same adapter init on every rank and on every restart
     return get_peft_model(base, cfg)
+
+
+def enable_activation_checkpointing(model: Any, kwargs: dict[str, Any]) -> None:
+    """transformers >= 5 names it `activation_checkpointing_enable` (the old name warns); older ones do not."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def orth_penalty(peft_model: Any) -> torch.Tensor:
@@ -275,13 +312,20 @@ def run_job(job: dict[str, Any], ctx: WorkerContext, data_parallel: bool) -> dic
     if job.get("total_steps") not in (None, steps):
         raise RuntimeError(f"{job['name']}: planned {job['total_steps']} steps, data gives {steps}")
 
-    model = build_peft_model(loaded.model, job["adapter"], steps, seed, model_cfg.quantization != "none")
+    model = build_peft_model(
+        loaded.model,
+        job["adapter"],
+        steps,
+        seed,
+        model_cfg.quantization != "none",
+        gradient_checkpointing=optim.get("gradient_checkpointing", False),
+    )
     peft_model = model
     is_adalora = job["adapter"]["kind"] == "adalora"
-    use_cuda_bf16 = device.type == "cuda" and optim["bf16"]
+    amp_dtype = autocast_dtype(device, optim["bf16"])
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda_bf16 else nullcontext()
+        return torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
     params = [p for p in model.parameters() if p.requires_grad]
     fused = {"fused": True} if device.type == "cuda" else {}
@@ -297,28 +341,25 @@ def run_job(job: dict[str, Any], ctx: WorkerContext, data_parallel: bool) -> dic
         import deepspeed
 
         if not torch.distributed.is_initialized():
-            _init_single_process_group()
+            _init_single_process_group(device)
 
-        ds_config = {
-            "train_micro_batch_size_per_gpu": optim["batch_size"],
-            "gradient_accumulation_steps": optim["grad_accum"],
-            "train_batch_size": optim["batch_size"] * optim["grad_accum"] * world,
-            "gradient_clipping": optim["max_grad_norm"],
-            "zero_optimization": {"stage": ds["stage"]},
-            "bf16": {"enabled": use_cuda_bf16},
-            "zero_allow_untested_optimizer": True,
-        }
         engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=deepspeed_config(optim, ds, world, amp_dtype),
         )
         model = engine
     elif data_parallel and world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     zero3 = ds is not None and ds["stage"] == 3
-
+    # fp16 gradients underflow without loss scaling; DeepSpeed scales its own (its `fp16` block).
+    scaler = torch.amp.GradScaler("cuda", enabled=engine is None and amp_dtype == torch.float16)
     ckpt_dir = Path(job["ckpt_dir"])
+    ds_dir = ckpt_dir.parent / f"{ckpt_dir.name}-ds"
+
     step, history, val_before, resumed_from = 0, [], None, None
-    restored = load_checkpoint(ckpt_dir)
+    restored = load_checkpoint(ckpt_dir, map_location="cpu")
     if restored is not None and restored[1].get("job_key") != job.get("job_key"):
         log.warning("%s: checkpoint is from other data or settings; starting over", job["name"])
         restored = None
@@ -334,15 +375,16 @@ def run_job(job: dict[str, Any], ctx: WorkerContext, data_parallel: bool) -> dic
         if missing:
             raise RuntimeError(f"{job['name']}: checkpoint lacks {missing[:3]}")
         if engine is not None:
-            engine.load_checkpoint(
-                str(ckpt_dir.parent / f"{ckpt_dir.name}-ds"), tag=state["ds_tag"], load_module_strict=False
-            )
+            engine.load_checkpoint(str(ds_dir), tag=state["ds_tag"], load_module_strict=False)
         else:
+            # Moves the CPU-loaded state onto the parameters' device (whichever GPU this worker has now).
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
         step, history, val_before = state["step"], state["history"], state["val_before"]
         resumed_from = step
-        torch.set_rng_state(state["rng"])
+        restore_rng_state(state["rng"])
         if is_adalora:
             _restore_allocator(peft_model, state["adalora"])
         log.info("%s: resumed from step %d", job["name"], step)
@@ -374,19 +416,22 @@ def run_job(job: dict[str, Any], ctx: WorkerContext, data_parallel: bool) -> dic
             "job_key": job.get("job_key"),
             "history": history,
             "val_before": val_before,
-            "rng": torch.get_rng_state(),
+            "rng": rng_state(),
             "adalora": _allocator_state(peft_model) if is_adalora else None,
         }
         if engine is not None:
             tag = f"step{at}"
-            engine.save_checkpoint(str(ckpt_dir.parent / f"{ckpt_dir.name}-ds"), tag=tag)
+            save_deepspeed_checkpoint(engine, ds_dir, tag)
             state["ds_tag"] = tag
         else:
             state["optimizer"] = optimizer.state_dict()
             state["scheduler"] = scheduler.state_dict()
+            state["scaler"] = scaler.state_dict() if scaler.is_enabled() else None
         weights = trainable_state(peft_model, zero3)
         if rank == 0:
             save_checkpoint(ckpt_dir, weights, state)
+            if engine is not None:  # only now does the state file name the new tag
+                prune_deepspeed_checkpoints(ds_dir, ds.get("keep_checkpoints", 2), current=state["ds_tag"])
         if data_parallel and world > 1:
             torch.distributed.barrier()
 
@@ -418,11 +463,13 @@ def run_job(job: dict[str, Any], ctx: WorkerContext, data_parallel: bool) -> dic
                     engine.backward(loss * accum)  # DeepSpeed divides by its accumulation steps itself
                     engine.step()
                 else:
-                    loss.backward()
+                    scaler.scale(loss).backward()
             loss_sum += float(ce_sum.detach())
         if engine is None:
+            scaler.unscale_(optimizer)  # true gradients for clipping and AdaLoRA's importance scores
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, optim["max_grad_norm"]))
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
         else:
             grad_norm = float("nan")
@@ -493,8 +540,25 @@ def run_job(job: dict[str, Any], ctx: WorkerContext, data_parallel: bool) -> dic
     return summary
 
 
-def _init_single_process_group() -> None:
-    """DeepSpeed needs a process group even for one process (outside Ray Train): gloo, world size 1."""
+def deepspeed_config(
+    optim: dict[str, Any], ds: dict[str, Any], world: int, amp_dtype: torch.dtype | None
+) -> dict[str, Any]:
+    """DeepSpeed's config for a job: ZeRO stage, batch sizes, clipping, and bf16 or fp16 as the device allows."""
+    return {
+        "train_micro_batch_size_per_gpu": optim["batch_size"],
+        "gradient_accumulation_steps": optim["grad_accum"],
+        "train_batch_size": optim["batch_size"] * optim["grad_accum"] * world,
+        "gradient_clipping": optim["max_grad_norm"],
+        "zero_optimization": {"stage": ds["stage"]},
+        "bf16": {"enabled": amp_dtype == torch.bfloat16},
+        "fp16": {"enabled": amp_dtype == torch.float16},
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def _init_single_process_group(device: torch.device) -> None:
+    """DeepSpeed needs a process group even for one process (outside Ray Train): world size 1, over nccl
+    when the model is on CUDA (gloo cannot reduce CUDA tensors), else gloo."""
     import socket
 
     import deepspeed
@@ -510,7 +574,7 @@ def _init_single_process_group() -> None:
         "WORLD_SIZE": "1",
     }.items():
         os.environ.setdefault(key, value)
-    deepspeed.init_distributed(dist_backend="gloo")
+    deepspeed.init_distributed(dist_backend=process_group_backend(device))
 
 
 def save_adapter(peft_model: Any, weights: dict[str, torch.Tensor], out_dir: Path) -> None:

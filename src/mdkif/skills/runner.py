@@ -21,6 +21,7 @@ from typing import Any
 
 from mdkif.skills.config import CommonStage, CptStage, PipelineStage, SftStage, SkillsStage, resolve_path
 from mdkif.skills.data import records_hash, total_steps
+from mdkif.skills.devices import scaling_config
 from mdkif.skills.loop import METRICS, finished, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,22 @@ log = logging.getLogger(__name__)
 MANIFEST = "skills.json"
 
 
+# Settings that change memory or disk use, not the weights a run ends with: left out of the key, so
+# switching them on does not retrain finished skills (and keys from before they existed still match).
+_KEY_NEUTRAL = {"optim": ("gradient_checkpointing",), "deepspeed": ("keep_checkpoints",)}
+
+
 def _key(job: dict[str, Any], data_hash: str) -> str:
     """What makes two runs the same: model, adapter, optimiser, data and seed (not paths or fault tests)."""
+
+    def part(name: str) -> Any:
+        value = job.get(name)
+        if isinstance(value, dict):
+            return {k: v for k, v in value.items() if k not in _KEY_NEUTRAL.get(name, ())}
+        return value
+
     blob = json.dumps(
-        [job["model"], job["adapter"], job["optim"], job["seed"], job.get("deepspeed"), data_hash],
+        [job["model"], job["adapter"], part("optim"), job["seed"], part("deepspeed"), data_hash],
         sort_keys=True,
         default=str,
     )
@@ -98,25 +111,27 @@ def assign(jobs: list[dict[str, Any]], workers: int) -> list[list[dict[str, Any]
     return bins
 
 
-def _fit(loop_config: dict[str, Any], num_workers: int, cfg: CommonStage, name: str) -> None:
+def build_trainer(loop_config: dict[str, Any], num_workers: int, cfg: CommonStage, name: str) -> Any:
+    """The `TorchTrainer` of one plan: `num_workers` workers sized by the config's `ray:` block (GPUs too)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     storage = Path(cfg.ray.storage_path or Path(cfg.output_dir) / ".ray").resolve()
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers,
-            use_gpu=cfg.ray.use_gpu,
-            resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
-        ),
+        scaling_config=scaling_config(cfg.ray, num_workers),
         run_config=ray.train.RunConfig(
             name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
         ),
     )
+
+
+def fit_trainer(loop_config: dict[str, Any], num_workers: int, cfg: CommonStage, name: str) -> None:
+    """Build the plan's trainer and run it to the end (Ray must be running)."""
+    trainer = build_trainer(loop_config, num_workers, cfg, name)
     # TorchTrainer.fit installs a SIGINT handler that aborts its run and leaves it installed afterwards:
     # a later Ctrl-C in the same process (the demo's server loop) then calls into a dead controller.
     handler = signal.getsignal(signal.SIGINT)
@@ -133,10 +148,10 @@ def run_trainers(plans: list[tuple[dict[str, Any], int, str]], cfg: CommonStage)
 
     if len(plans) == 1:
         loop_config, workers, name = plans[0]
-        _fit(loop_config, workers, cfg, name)
+        fit_trainer(loop_config, workers, cfg, name)
         return
     # A task that only waits on a trainer still needs a non-zero CPU share to be scheduled.
-    remote_fit = ray.remote(num_cpus=0.01)(_fit)
+    remote_fit = ray.remote(num_cpus=0.01)(fit_trainer)
     ray.get([remote_fit.remote(lc, n, cfg, name) for lc, n, name in plans])
 
 
