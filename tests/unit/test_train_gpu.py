@@ -381,3 +381,15 @@ def test_msft_gpu_config_is_zero3_lora_on_gpus():
     assert cfg.deepspeed.stage == 3 and cfg.model.quantization == "none" and cfg.adapter.kind == "lora"
     assert cfg.optim.gradient_checkpointing
     assert cfg.ray.enabled and cfg.ray.use_gpu and scaling_config(cfg.ray).num_gpus_per_worker == 1
+
+
+def test_an_in_process_run_uses_the_jobs_model_device(monkeypatch):
+    """Without Ray Train the loop used to stay on the CPU even on a GPU machine."""
+    import mdkif.models.loading as loading
+    from mdkif.skills import loop
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(loading, "ray_gpu_ids", lambda: None)
+    assert loop._local_device({"job": {"model": {"device": "auto"}}}).type == "cuda"
+    assert loop._local_device({"job": {"model": {"device": "cpu"}}}).type == "cpu"
+    assert loop._local_device({"jobs_by_rank": [[{"model": {"name": "tiny"}}]]}).type == "cuda"

@@ -107,6 +107,17 @@ def _report_with_progress(metrics: dict[str, Any]) -> None:
     ray.train.report(metrics)
 
 
+def _local_device(config: dict[str, Any]) -> torch.device:
+    """The device of an in-process run (no Ray Train): the jobs' `model.device` (`auto`: CUDA if present)."""
+    from mdkif.models import resolve_device
+
+    jobs = (
+        [config["job"]] if "job" in config else [j for rank in config.get("jobs_by_rank", []) for j in rank]
+    )
+    devices = {str(j.get("model", {}).get("device", "auto")) for j in jobs} or {"auto"}
+    return resolve_device(devices.pop() if len(devices) == 1 else "auto")
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Run this worker's share of `config`: `{"job": ...}` data-parallel, or `{"jobs_by_rank": [[...], ...]}`.
 
@@ -114,7 +125,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     skills are done), because `ray.train.report` is a barrier that every worker must reach equally often.
     Returns one summary per job run here.
     """
-    ctx = ray_context() or WorkerContext(report=config.get("report") or (lambda m: None))
+    ctx = ray_context() or WorkerContext(
+        device=_local_device(config), report=config.get("report") or (lambda m: None)
+    )
     if "job" in config:
         return [run_job(config["job"], ctx, data_parallel=ctx.world > 1)]
     jobs = config["jobs_by_rank"][ctx.rank] if ctx.rank < len(config["jobs_by_rank"]) else []
