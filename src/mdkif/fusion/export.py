@@ -111,8 +111,11 @@ def stacked_factors(
             d = skill.layers.get(module)
             if d is None or float(wm[i]) == 0.0:
                 continue
-            downs.append(d.A * d.E[:, None])
-            ups.append(d.B * (d.scale * float(wm[i])))
+            live = d.E != 0  # triplets the rank allocator masked (saved with E = 0) add nothing
+            if not live.any():
+                continue
+            downs.append((d.A * d.E[:, None])[live])
+            ups.append((d.B * (d.scale * float(wm[i])))[:, live])
         if downs:
             out[module] = (torch.cat(downs), torch.cat(ups, 1))
     if not out:
