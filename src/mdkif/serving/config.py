@@ -98,7 +98,20 @@ class ServeAppConfig(StrictModel):
     rag: RagServeConfig | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    merged_cache_size: int = Field(4, ge=1, description="Profiles whose merged weights are kept (LRU).")
+    merged_cache_size: int = Field(
+        4,
+        ge=0,
+        description="Most distinct mixtures whose merged weights are kept (LRU; profiles with equal weights "
+        "share one); 1 = one working copy re-merged on every switch; 0 = never merge, serve stacked.",
+    )
+    merged_cache_mb: float = Field(
+        2048.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Most MiB the merged copies may hold beyond the base weights. Each cached mixture is a "
+        "full copy of the adapted layers (SmolLM2-135M fp32, all 7 projections: ~405 MiB; Llama-3-8B bf16: "
+        "~13 GiB); a bound below one copy serves single-profile batches stacked, with no copy at all.",
+    )
     default_temperature: float = Field(
         0.0, ge=0.0, le=2.0, description="0 = greedy when a request sets none."
     )

@@ -2,10 +2,12 @@
 
 A batch is served one of two ways, chosen per batch:
 
-- **merged**: every request wants the same fixed mixture (one profile with fixed weights or a static
-  router, or the plain base). The profile's merged weights `W + sum_i w_i dW_i` are built once, kept in
-  an LRU of `merged_cache_size` profiles, and swapped in by pointer; the forward then costs what the
-  base model costs.
+- **merged**: every request wants the same fixed mixture (profiles with fixed weights or a static
+  router, or the plain base). The mixture's merged weights `W + sum_i w_i dW_i` are built once, kept in
+  an LRU keyed by the weights' values (profiles with equal weights share one copy) and bounded by
+  `merged_cache_mb` and `merged_cache_size`, and swapped in by pointer; the forward then costs what the
+  base model costs. When the bound holds no copy (e.g. an 8B model under the default bound), these
+  batches are served stacked instead.
 - **stacked**: the batch mixes profiles, or uses an input-conditioned gate. The fused layers add the
   low-rank term with one weight vector per example ([B, L, K]), which is exact and needs one forward
   for the whole mixed batch (the base model is the all-zero row).
@@ -18,6 +20,7 @@ its batch needs, so a streaming request (which bypasses batching) may interleave
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -30,7 +33,7 @@ from typing import Any
 import torch
 
 from mdkif.evaluation.prompts import render_passages
-from mdkif.fusion import FusedModel, SkillBank, fuse
+from mdkif.fusion import FusedModel, FusionError, SkillBank, fuse
 from mdkif.models import load_model
 from mdkif.rag.types import Passage
 from mdkif.routing.router import GateRouter, load_router, pooled_prompt_state
@@ -50,6 +53,7 @@ class Profile:
     rag: bool = False
     k: int = 3
     source: str = "base"  # base | weights | router:static | router:gate
+    key: str | None = None  # merged-cache key of the fixed weights (`weights_key`); None: base or gate
 
 
 @dataclass
@@ -76,28 +80,71 @@ class _Row:
     finish: str | None = None
 
 
-class MergedCache:
-    """Per-profile merged weights of every fused layer, LRU-bounded, activated by swapping tensors in."""
+def weights_key(weights: torch.Tensor, num_layers: int) -> str | None:
+    """The merged-cache key of a mixture: a digest of its values as [L, K] float32; None when all zero.
 
-    def __init__(self, fused: FusedModel, capacity: int) -> None:
-        self.fused, self.capacity = fused, capacity
+    Two profiles with the same weights (two names for one router, or the same fixed weights) get the
+    same key, so they share one merged copy; an all-zero mixture is the base model itself.
+    """
+    w = weights.detach().float().cpu()
+    w = w.expand(num_layers, w.shape[-1]) if w.dim() == 1 else w
+    if not bool(w.any()):
+        return None
+    w = w.contiguous() + 0.0  # -0.0 + 0.0 is +0.0: equal values, equal bytes
+    digest = hashlib.blake2b(w.numpy().tobytes(), digest_size=16)
+    digest.update(repr(tuple(w.shape)).encode())
+    return digest.hexdigest()
+
+
+class MergedCache:
+    """Merged weights of every fused layer per distinct mixture, bounded in bytes and in count (LRU).
+
+    An entry is one full copy of the adapted layers' weights (`entry_bytes`), keyed by `weights_key`, so
+    profiles with equal weights share it. At most `capacity = min(max_entries, max_bytes // entry_bytes)`
+    entries exist at any moment, the one being built included: on a miss with the cache full, the least
+    recently used entry is evicted first and its buffers are re-merged in place, `W = W_orig + delta`
+    (in fp32, rounded once into the weight dtype, as `FusedLinear.merge` does). Capacity 1 is thus one
+    working copy re-merged on every switch; capacity 0 (a bound below one copy, or a quantized base
+    whose packed weights cannot take a delta) merges nothing, and the engine serves such batches stacked.
+    The original weights are never written: activating swaps tensors into the layers by pointer.
+    """
+
+    def __init__(self, fused: FusedModel, max_entries: int, max_bytes: float) -> None:
+        self.fused = fused
         self.original = {name: layer.base.weight.data for name, layer in fused.layers.items()}
+        self.entry_bytes = sum(t.numel() * t.element_size() for t in self.original.values())
+        self.max_bytes = max_bytes
+        fits = int(max_bytes // self.entry_bytes) if self.entry_bytes else max_entries
+        self.capacity = 0 if fused.quantized else min(max_entries, fits)
         self.entries: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
-        self.active: str | None = None  # profile whose merged weights are in the layers; None = original
+        self.active: str | None = None  # key whose merged weights are in the layers; None = original
         self.builds = self.hits = 0
 
+    @property
+    def bytes(self) -> int:
+        """Bytes the merged copies hold now (never above `capacity * entry_bytes`)."""
+        return len(self.entries) * self.entry_bytes
+
     @torch.no_grad()
-    def _build(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _build(
+        self, weights: torch.Tensor, slot: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Merged weights of `weights` ([K] or [L, K]), written into `slot`'s buffers when given."""
         L, K = self.fused.num_layers, self.fused.num_skills
         w = weights.float()
         w = w.expand(L, K) if w.dim() == 1 else w
-        return {
-            name: self.original[name] + layer.delta(w[layer.group]).to(self.original[name].dtype)
-            for name, layer in self.fused.layers.items()
-        }
+        out = {}
+        for name, layer in self.fused.layers.items():
+            original = self.original[name]
+            merged = layer.delta(w[layer.group])  # fp32, one layer at a time
+            merged += original  # fp32 sum, the same value as original.float() + delta
+            buf = slot[name] if slot is not None else torch.empty_like(original)
+            out[name] = buf.copy_(merged)  # rounded once into the weight dtype
+            del merged
+        return out
 
     def activate(self, key: str | None, weights: torch.Tensor | None) -> None:
-        """Put profile `key`'s merged weights (None: the base weights) into the layers; adapters off."""
+        """Put the merged weights of mixture `key` (None: the base weights) into the layers; adapters off."""
         self.fused.state.enabled = False
         if key == self.active:
             return
@@ -106,17 +153,27 @@ class MergedCache:
         else:
             tensors = self.entries.get(key)
             if tensors is None:
-                assert weights is not None
-                tensors = self.entries[key] = self._build(weights)
+                if self.capacity == 0 or weights is None:
+                    raise FusionError(f"merged cache: cannot build {key!r} (capacity {self.capacity})")
+                # Evict before building and reuse the evicted buffers, so no moment holds capacity + 1.
+                slot = self.entries.popitem(last=False)[1] if len(self.entries) >= self.capacity else None
+                try:
+                    tensors = self._build(weights, slot)
+                except BaseException:
+                    self._swap(self.original)  # the layers may point into a half-written slot
+                    self.active = None
+                    raise
+                self.entries[key] = tensors
                 self.builds += 1
-                while len(self.entries) > self.capacity:
-                    self.entries.popitem(last=False)
             else:
                 self.hits += 1
             self.entries.move_to_end(key)
+        self._swap(tensors)
+        self.active = key
+
+    def _swap(self, tensors: dict[str, torch.Tensor]) -> None:
         for name, layer in self.fused.layers.items():
             layer.base.weight.data = tensors[name]
-        self.active = key
 
     def deactivate(self) -> None:
         """Back to the original base weights with the stacked low-rank path on."""
@@ -139,7 +196,11 @@ class RoutedEngine:
         self.bank = bank
         self.fused: FusedModel | None = fuse(model, bank) if bank is not None else None
         self.model = self.fused.model if self.fused is not None else model
-        self.cache = MergedCache(self.fused, cfg.merged_cache_size) if self.fused is not None else None
+        self.cache = (
+            MergedCache(self.fused, cfg.merged_cache_size, cfg.merged_cache_mb * 2**20)
+            if self.fused is not None
+            else None
+        )
         self.profiles: dict[str | None, Profile] = {None: Profile(None)}
         for name, p in cfg.profiles.items():
             self.profiles[name] = self._profile(name, p)
@@ -149,6 +210,30 @@ class RoutedEngine:
         eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos_ids = {e for e in eos if e is not None}
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        if self.cache is not None:
+            self._log_cache()
+
+    def _log_cache(self) -> None:
+        c = self.cache
+        assert c is not None and self.fused is not None
+        copy_mb = c.entry_bytes / 2**20
+        mixtures = len({p.key for p in self.profiles.values() if p.key is not None})
+        if c.capacity > 0 or not mixtures:
+            log.info(
+                "merged cache: at most %d of %d distinct mixtures, %.0f MiB each (bound %g MiB)",
+                c.capacity,
+                mixtures,
+                copy_mb,
+                self.cfg.merged_cache_mb,
+            )
+            return
+        if self.fused.quantized:
+            why = "the base is quantized"
+        elif self.cfg.merged_cache_size == 0:
+            why = "merged_cache_size is 0"
+        else:
+            why = f"merged_cache_mb {self.cfg.merged_cache_mb:g} is below one copy, {copy_mb:.0f} MiB"
+        log.warning("merged cache holds no copy (%s): single-profile batches are served stacked", why)
 
     # ---- profiles -------------------------------------------------------------------------------
     @staticmethod
@@ -166,7 +251,8 @@ class RoutedEngine:
         assert self.bank is not None and self.fused is not None
         if p.weights is not None:
             w = torch.tensor([float(p.weights.get(s, 0.0)) for s in self.bank.names])
-            return Profile(name, weights=w, rag=p.rag, k=p.k, source="weights")
+            key = weights_key(w, self.fused.num_layers)
+            return Profile(name, weights=w, rag=p.rag, k=p.k, source="weights", key=key)
         router, info = load_router(p.router, self.bank)
         router.eval()
         if isinstance(router, GateRouter):
@@ -177,7 +263,8 @@ class RoutedEngine:
             raise APIError(
                 500, f"router {p.router}: {w.shape[0]} layer groups, model has {self.fused.num_layers}"
             )
-        return Profile(name, weights=w, rag=p.rag, k=p.k, source="router:static")
+        key = weights_key(w, self.fused.num_layers)
+        return Profile(name, weights=w, rag=p.rag, k=p.k, source="router:static", key=key)
 
     def profile(self, name: str | None) -> Profile:
         return self.profiles[name]
@@ -284,12 +371,17 @@ class RoutedEngine:
 
     # ---- generation -----------------------------------------------------------------------------
     def _plan(self, reqs: list[GenRequest]) -> tuple[str, Any]:
-        """('merged', profile) when the batch shares one fixed mixture, else ('stacked', [B, L, K] weights)."""
+        """('merged', (key, weights)) when the batch shares one fixed mixture the merged cache can hold,
+        else ('stacked', [B, L, K] weights)."""
         profs = [self.profiles[r.profile] for r in reqs]
         if self.fused is None or all(p.weights is None and p.gate is None for p in profs):
             return "merged", (None, None)
-        if len({r.profile for r in reqs}) == 1 and profs[0].gate is None:
-            return "merged", (profs[0].name, profs[0].weights)
+        assert self.cache is not None
+        if all(p.gate is None for p in profs) and len({p.key for p in profs}) == 1:
+            if profs[0].key is None:  # all-zero weights: the base itself
+                return "merged", (None, None)
+            if self.cache.capacity > 0:
+                return "merged", (profs[0].key, profs[0].weights)
         L, K = self.fused.num_layers, self.fused.num_skills
         rows = []
         for r in reqs:
@@ -462,5 +554,19 @@ class RoutedEngine:
             "skills": self.bank.names if self.bank is not None else [],
             "merged_builds": self.cache.builds if self.cache else 0,
             "merged_hits": self.cache.hits if self.cache else 0,
-            "merged_cached": list(self.cache.entries) if self.cache else [],
+            "merged_cached": [
+                [n for n, p in self.profiles.items() if n is not None and p.key == key]
+                for key in self.cache.entries
+            ]
+            if self.cache
+            else [],
+            "merged_cache": {
+                "entries": len(self.cache.entries),
+                "capacity": self.cache.capacity,
+                "entry_bytes": self.cache.entry_bytes,
+                "bytes": self.cache.bytes,
+                "max_bytes": int(self.cache.max_bytes),
+            }
+            if self.cache
+            else None,
         }
