@@ -393,3 +393,15 @@ def test_an_in_process_run_uses_the_jobs_model_device(monkeypatch):
     assert loop._local_device({"job": {"model": {"device": "auto"}}}).type == "cuda"
     assert loop._local_device({"job": {"model": {"device": "cpu"}}}).type == "cpu"
     assert loop._local_device({"jobs_by_rank": [[{"model": {"name": "tiny"}}]]}).type == "cuda"
+
+
+def test_serve_gpu_config_gives_each_model_replica_a_gpu_and_one_working_copy():
+    from mdkif.serving.config import load_serve_file
+
+    path = TRAIN.parent / "serve" / "serve_gpu.yaml"
+    assert path.read_text().startswith("# serve run serve/serve_gpu.yaml")
+    _, apps = load_serve_file(path)
+    ((_, cfg),) = apps
+    assert cfg.routed_model.ray_actor_options["num_gpus"] == 1
+    assert cfg.merged_cache_size == 1 and cfg.merged_cache_mb * 2**20 >= 13 * 2**30  # one 8B bf16 copy fits
+    assert cfg.require_api_key and cfg.model.device == "auto"
