@@ -405,3 +405,24 @@ def test_serve_gpu_config_gives_each_model_replica_a_gpu_and_one_working_copy():
     assert cfg.routed_model.ray_actor_options["num_gpus"] == 1
     assert cfg.merged_cache_size == 1 and cfg.merged_cache_mb * 2**20 >= 13 * 2**30  # one 8B bf16 copy fits
     assert cfg.require_api_key and cfg.model.device == "auto"
+
+
+def test_pipeline_merge_loads_the_base_in_its_own_precision(tmp_path, monkeypatch):
+    """The merge used to force an fp32 copy on the driver's CPU (32 GB for an 8B base)."""
+    import mdkif.models as models
+    from mdkif.skills import runner
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(cfg):
+        seen.update(device=cfg.device, dtype=cfg.dtype, quantization=cfg.quantization)
+        raise Stop
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    base = {"name": "tiny", "dtype": "bfloat16", "device": "auto", "quantization": "nf4"}
+    with pytest.raises(Stop):
+        runner.merge_adapter(base, tmp_path / "adapter", tmp_path / "merged")
+    assert seen == {"device": "auto", "dtype": "bfloat16", "quantization": "none"}

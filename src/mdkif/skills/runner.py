@@ -362,7 +362,12 @@ def run_stage(cfg: CptStage | SftStage) -> dict[str, Any]:
 
 
 def merge_adapter(base: dict[str, Any], adapter_dir: Path, out_dir: Path) -> Path:
-    """Fold a LoRA adapter into a full-precision copy of its base and save it as a model directory."""
+    """Fold a LoRA adapter into an unquantized copy of its base and save it as a model directory.
+
+    The copy is loaded where and in the precision the base config says (`auto`: the GPU in bf16 when
+    there is one, else the CPU in fp32), not always as fp32 on the driver's CPU (32 GB for an 8B model),
+    and it is saved in that precision.
+    """
     from peft import PeftModel
 
     from mdkif.models import ModelConfig, load_model
@@ -370,7 +375,7 @@ def merge_adapter(base: dict[str, Any], adapter_dir: Path, out_dir: Path) -> Pat
 
     if (out_dir / "config.json").is_file():
         return out_dir
-    loaded = load_model(ModelConfig(**{**base, "quantization": "none", "device": "cpu", "dtype": "float32"}))
+    loaded = load_model(ModelConfig(**{**base, "quantization": "none"}))
     merged = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).merge_and_unload()
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     save_model_dir(merged, loaded.tokenizer, tmp)
