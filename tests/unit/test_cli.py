@@ -48,3 +48,20 @@ def test_data_build_missing_source_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert "source file not found (is --source the data root?)" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_route_fits_by_default_and_exports_as_a_verb():
+    """`mdkif route CONFIG` and `mdkif route --experiment FILE` are the fit verb; `export` is its own."""
+    from typer.testing import CliRunner
+
+    from mdkif.cli import app
+
+    for argv, verb in (
+        (["route/pubmedqa_gradient.yaml", "--help"], "fit"),
+        (["--experiment", "tune/unseen_task.yaml", "--help"], "fit"),
+        (["export", "--help"], "export"),
+    ):
+        out = CliRunner().invoke(app, ["route", *argv]).output
+        assert f"mdkif route {verb} [OPTIONS]" in out, (argv, out[:300])
+    missing = CliRunner().invoke(app, ["route", "--experiment"])
+    assert missing.exit_code == 2 and "mdkif route fit" in missing.output  # fit's own usage error

@@ -341,6 +341,10 @@ def _resolve(argv: list[str]):
         assert args, f"`{' '.join(path)}` needs a sub-command"
         name, args = args[0], args[1:]
         sub = cmd.get_command(click.Context(cmd), name)
+        default = getattr(cmd, "default_command", None)
+        if sub is None and default:  # `mdkif route CONFIG` is `mdkif route fit CONFIG`
+            name, args = default, [name, *args]
+            sub = cmd.get_command(click.Context(cmd), name)
         assert sub is not None, f"`{' '.join(path)}` has no sub-command {name!r}"
         cmd, path = sub, [*path, name]
     ctx = cmd.make_context(" ".join(path), list(args))  # raises on unknown options / missing arguments
@@ -368,7 +372,7 @@ def _validate_config(command: list[str], params: dict[str, Any]) -> None:
         if cfg.kind == "router":  # the base route config, with the base_overrides the job passes
             base = apply_overrides(load_yaml(cfg.base), list(cfg.base_overrides))
             validate(RouteConfig, base, str(cfg.base))
-    elif command == ["route"] and not params.get("experiment"):
+    elif command == ["route", "fit"] and not params.get("experiment"):
         from mdkif.routing.config import RouteConfig
 
         load_config(config, RouteConfig, overrides)

@@ -15,9 +15,12 @@ from typer.core import TyperGroup
 class _FitByDefault(TyperGroup):
     """`mdkif route CONFIG ...` stays `mdkif route fit CONFIG ...`; `mdkif route export ...` is the other verb."""
 
+    default_command = "fit"
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["fit", *args]
+        # Anything but a verb or a bare --help is fit's: `mdkif route CONFIG`, `mdkif route --experiment X`.
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
 
