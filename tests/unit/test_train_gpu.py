@@ -426,3 +426,41 @@ def test_pipeline_merge_loads_the_base_in_its_own_precision(tmp_path, monkeypatc
     with pytest.raises(Stop):
         runner.merge_adapter(base, tmp_path / "adapter", tmp_path / "merged")
     assert seen == {"device": "auto", "dtype": "bfloat16", "quantization": "none"}
+
+
+def test_training_loss_projects_only_answer_positions_and_equals_the_full_loss():
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+
+    from mdkif.models import load_model
+    from mdkif.skills import loop
+
+    model = get_peft_model(
+        load_model(name="tiny").model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    )
+    torch.manual_seed(0)
+    ids = torch.randint(5, 900, (3, 24))
+    mask = torch.ones_like(ids)
+    mask[2, 18:] = 0  # right padding
+    labels = ids.clone()
+    labels[:, :15] = loop.IGNORE  # the prompt
+    labels[mask == 0] = loop.IGNORE
+    labels[1, 15:17] = loop.IGNORE
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    seen = {}
+    forward = model.forward
+
+    def spy(*a, **kw):
+        out = forward(*a, **kw)
+        seen["positions"] = out.logits.shape[1]
+        return out
+
+    model.forward = spy
+    loss, n = loop.token_losses(model, batch)
+    assert seen["positions"] == 9  # positions 14..22 predict the labelled tokens 15..23, not all 23
+    full = forward(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    want = F.cross_entropy(
+        full.reshape(-1, full.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=loop.IGNORE, reduction="sum"
+    )
+    assert n == int((labels != loop.IGNORE).sum())
+    torch.testing.assert_close(loss, want, atol=1e-4, rtol=1e-5)

@@ -5,7 +5,7 @@ A config holds either one `job` (run data-parallel over all workers of the train
 (each worker trains its own share of small skills one after another, with no gradient exchange).
 
 A step, in order: forward each micro-batch (bf16 autocast on CUDA; fp16 with loss scaling on a GPU
-without bf16), loss = token-mean cross-entropy over
+without bf16), loss = token-mean cross-entropy (LM head on the answer positions only) over
 the labelled tokens of the whole step (+ AdaLoRA's orthogonality penalty), backward (no DDP sync until the
 last micro-batch), clip, optimizer and scheduler step, AdaLoRA `update_and_allocate(step)` on the unwrapped
 peft model (it reads the gradients, so before `zero_grad`), `zero_grad`. Checkpoints every N steps and at
@@ -220,11 +220,37 @@ def orth_penalty(peft_model: Any) -> torch.Tensor:
     return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
+def _takes_logits_to_keep(model: Any) -> bool:
+    """Whether the causal LM under `model` (DDP / DeepSpeed / peft wrappers peeled) takes `logits_to_keep`."""
+    import inspect
+
+    inner = model
+    for _ in range(4):
+        inner = getattr(inner, "module", inner)
+        if hasattr(inner, "get_base_model"):
+            inner = inner.get_base_model()
+    try:
+        return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over labelled tokens, and how many there were."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = out.logits[:, :-1].float()
+    """Summed next-token cross-entropy over labelled tokens, and how many there were.
+
+    Only the positions that predict a labelled token in some row go through the LM head (`logits_to_keep`
+    with explicit positions, as the router's answer loss does): for instruction data the prompt's
+    positions never reach the vocabulary projection, so the fp32 `[batch, positions, vocab]` buffer
+    (128k-entry vocabularies on 8B bases) covers the answers only. Same loss as over full logits (tested).
+    """
     labels = batch["labels"][:, 1:]
+    keep = (labels != IGNORE).any(0).nonzero().flatten()
+    if 0 < len(keep) < labels.shape[1] and _takes_logits_to_keep(model):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+        logits, labels = out.logits.float(), labels[:, keep]
+    else:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = out.logits[:, :-1].float()
     loss = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
