@@ -221,3 +221,28 @@ def test_auto_dtype_falls_back_to_fp16_without_bf16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+
+
+def test_a_gpu_load_goes_straight_to_the_device(monkeypatch, tmp_path):
+    """An unquantized base on CUDA used to load into host RAM first and then move (`model.to`)."""
+    from transformers import AutoModelForCausalLM
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(source, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    load_model(ModelConfig(name="tiny"))  # build the tiny model's folder first
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    with pytest.raises(Stop):
+        load_model(ModelConfig(name="tiny", device="cuda:1"))
+    assert seen["device_map"] == {"": 1} and seen["dtype"] == torch.bfloat16
+    seen.clear()
+    with pytest.raises(Stop):
+        load_model(ModelConfig(name="tiny", device="cpu"))
+    assert "device_map" not in seen and seen["dtype"] == torch.float32  # the CPU path: load, then `.to`

@@ -302,6 +302,9 @@ def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
             else BitsAndBytesConfig(load_in_8bit=True)
         )
         kwargs["device_map"] = {"": str(device) if device.type == "cpu" else device.index or 0}
+    elif device.type == "cuda":
+        # Straight onto the GPU, shard by shard, instead of a full copy in host RAM first (16 GB for 8B bf16).
+        kwargs["device_map"] = {"": device.index or 0}
     try:
         tokenizer = load_tokenizer(source)
         model = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
@@ -310,7 +313,7 @@ def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
             f"could not load model {cfg.name!r} from {source}: {exc}. Offline? Point `model.name` at a "
             "local directory or .gguf file."
         ) from exc
-    if cfg.quantization == "none":
+    if "device_map" not in kwargs:
         model.to(device)
     model.eval()
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
