@@ -24,7 +24,8 @@ def test_shipped_serve_config_loads(path):
     for raw, cfg in apps:
         assert raw["import_path"] == "mdkif.serving.app:build_app"
         assert cfg.profiles, "ship at least one routed profile"
-        assert data["http_options"]["host"] == "127.0.0.1"
+        # Loopback by default; a config that listens on every interface must require an API key.
+        assert data["http_options"]["host"] == "127.0.0.1" or cfg.require_api_key, path.name
 
 
 def _tiny_adapters(tmp_path: Path) -> Path:
