@@ -194,7 +194,7 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
     import torch
 
     from mdkif.data.tasks import load_task
-    from mdkif.routing.data import encode, encode_labels, task_examples
+    from mdkif.routing.data import encode, encode_labels, end_token, task_examples
     from mdkif.routing.fit import task_loss
     from mdkif.routing.pipeline import build_fused, fit_router
     from mdkif.routing.router import save_router
@@ -211,6 +211,7 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
     grad_cfg = _route_cfg(cfg, adapters, "gradient")
     fused, tok, bank = build_fused(grad_cfg)
     K, names = len(bank), bank.names
+    fmt = bank.prompt_format  # the skills' training prompts, which the harness scores too
     for t in todo:
         t0 = time.perf_counter()
         pool = load_task(t.name, "train", root=cfg.data_root)
@@ -219,13 +220,13 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
         need = max(r.k_gradient, *r.cmaes_ks)
         if len(pool) < need:
             raise ValueError(f"task {t.name}: {len(pool)} train items, the routers need {need}")
-        eos = tok.eos_token or ""
+        eos = end_token(tok, fmt)
         label_loss = cfg.label_loss(t.name)
 
         def batch_of(items: list[Any], label_loss: bool = label_loss, eos: str = eos) -> Any:
             if label_loss:
-                return encode_labels(tok, items, r.max_length)
-            return encode(tok, task_examples(items, eos), r.max_length)
+                return encode_labels(tok, items, r.max_length, fmt)
+            return encode(tok, task_examples(items, eos, tok, fmt), r.max_length)
 
         fit: dict[str, Any] = {
             "task": t.name,
@@ -284,7 +285,12 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
 def variant_rows(cfg: ReferenceConfig, adapters: Path, fit: dict[str, Any]) -> list[dict[str, Any]]:
     """The table's rows for one task as evaluation variants (fixed weights or a saved router)."""
     model = _model(cfg)
-    scoring = {"method": "loglik", "batch_size": 8, "max_prompt_tokens": 512}
+    scoring = {
+        "method": "loglik",
+        "batch_size": 8,
+        "max_prompt_tokens": 512,
+        "prompt_format": skills_stage(cfg).prompt_format,  # the base row reads the skills' prompts too
+    }
     names = fit["skills"]
     folder = cfg.routers_dir(fit["task"])
     rows = [

@@ -161,6 +161,9 @@ def test_quantized_model_merge_is_refused_before_touching_any_layer_and_eval_sta
             adapters = skills_root
             weights = {"triage_yes": 0.5, "triage_no": 0.5}
 
+        class scoring:
+            prompt_format = "alpaca"
+
     routed = fuse_router(model, Variant)
     layers = [m for m in routed.modules() if isinstance(m, FusedLinear)]
     assert layers and all(m.merged_weights is None for m in layers)  # stacked, not merged

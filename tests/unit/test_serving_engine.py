@@ -33,6 +33,7 @@ def engine(tmp_path_factory, monkeypatch_module):
                 "no": {"weights": {"triage_no": 1.0}},
                 "static": {"router": str(art["router_static"])},
                 "gate": {"router": str(art["router_gate"])},
+                "arrow": {"router": str(art["router_arrow"])},
             },
         }
     )
@@ -57,7 +58,7 @@ def _req(engine, text, profile, **kw):
     return GenRequest(_ids(engine, text), profile, **kw)
 
 
-@pytest.mark.parametrize("profile", [None, "yes", "static", "gate"])
+@pytest.mark.parametrize("profile", [None, "yes", "static", "gate", "arrow"])
 def test_batched_greedy_equals_one_by_one(engine, profile):
     reqs = [_req(engine, p, profile) for p in PROMPTS]
     batched = engine.generate_batch(reqs)
@@ -78,6 +79,30 @@ def test_mixed_profiles_stacked_equal_per_profile_merged(engine):
         len({engine.generate_batch([_req(engine, PROMPTS[0], p)])[0]["text"] for p in ("yes", "no", None)})
         > 1
     )
+
+
+def test_arrow_profile_is_routed_per_token_in_the_stacked_path_never_merged(engine):
+    builds = engine.cache.builds
+    alone = [_req(engine, p, "arrow") for p in PROMPTS]
+    assert engine._plan(alone)[0] == "arrow"
+    arrow = engine.generate_batch(alone)
+    assert engine.cache.builds == builds and engine.cache.active is None  # nothing was merged
+    # Mixed with other profiles, every row answers what it answers alone.
+    reqs = [_req(engine, PROMPTS[i % 3], p) for i, p in enumerate(["arrow", "yes", "gate", None, "static"])]
+    assert engine._plan(reqs)[0] == "arrow"
+    mixed = [r["text"] for r in engine.generate_batch(reqs)]
+    assert mixed == [engine.generate_batch([r])[0]["text"] for r in reqs]
+    assert mixed[0] == arrow[0]["text"]
+    # Arrow's output is its own: the skills change it from the base.
+    with engine.lock:
+        engine.cache.deactivate()
+        x = torch.tensor([alone[0].prompt_ids])
+        with torch.no_grad(), engine.fused.adapters_off():
+            base = engine.model(input_ids=x).logits
+        engine.fused.set_arrow(2, 1.0)
+        with torch.no_grad():
+            routed = engine.model(input_ids=x).logits
+    assert (routed - base).abs().max() > 1e-3
 
 
 def test_merged_weights_are_cached_lru(engine):
@@ -157,6 +182,11 @@ def test_route_weights(engine):
     g1 = engine.route("gate", _ids(engine, PROMPTS[0]))["weights"]
     g2 = engine.route("gate", _ids(engine, PROMPTS[1]))["weights"]
     assert g1 != g2  # input-conditioned
+    a1 = engine.route("arrow", _ids(engine, PROMPTS[0]))
+    a2 = engine.route("arrow", _ids(engine, PROMPTS[1]))
+    assert a1["source"] == "router:arrow" and a1["per_layer"]
+    assert len(a1["weights"]) == len(a1["layer_groups"]) and a1["weights"] != a2["weights"]
+    assert all(sum(row) == pytest.approx(1, abs=1e-5) for row in a1["weights"])
     assert engine.route(None, _ids(engine, "x"))["weights"] is None
     assert engine.route("yes", _ids(engine, "x"))["weights"] == [1.0, 0.0]
 

@@ -33,6 +33,7 @@ def config(skills_root: Path, out: Path, **extra) -> ExperimentConfig:
         "router": {"per_layer": False, "normalize": "linear"},
         "regularizer": {"kind": "l1", "strength": 0.05},
         "cmaes": {"max_evals": 6, "sigma0": 0.3},
+        "arrow": {"top_k": 2, "temperature": 1.0},  # two skills: peft's default top_k 3 is refused
         "use_ray": False,
         "shard_size": 5,
         "output": str(out),
@@ -48,11 +49,14 @@ def test_routers_per_k_scored_by_the_harness(skills_root, tmp_path):
     assert [(r["task"], r["k"]) for r in rows] == [("pubmedqa", 3), ("pubmedqa", 6)]
     summary = json.loads((cfg.output / "pubmedqa" / "eval" / "summary.json").read_text())
     variants = {r["variant"]: r for r in summary["results"]}
-    assert set(variants) == {"base", "uniform", "single-k3", "routed-k3", "single-k6", "routed-k6"}
+    assert set(variants) == {"base", "uniform", "arrow", "single-k3", "routed-k3", "single-k6", "routed-k6"}
+    arrow = json.loads((cfg.output / "arrow" / "router.json").read_text())
+    assert arrow["kind"] == "arrow" and arrow["top_k"] == 2  # one zero-shot artifact for every task
     for r in rows:
         assert r["n_test"] == 10
         # the table carries the harness's numbers, and those agree with its per-item predictions
         assert r["routed"]["accuracy"] == variants[f"routed-k{r['k']}"]["accuracy"]
+        assert r["arrow"]["accuracy"] == variants["arrow"]["accuracy"]  # the same row for every k
         preds = cfg.output / "pubmedqa" / "eval" / f"routed-k{r['k']}" / "pubmedqa" / "predictions.jsonl"
         items = [json.loads(x) for x in preds.read_text().splitlines()]
         assert len(items) == 10
@@ -61,7 +65,8 @@ def test_routers_per_k_scored_by_the_harness(skills_root, tmp_path):
         assert router["fit"]["k"] == r["k"] and router["kind"] == "static"
         assert r["fit"]["best_single_skill"] in ("triage_yes", "triage_no")
         assert r["fit"]["loss_best_single"] <= r["fit"]["loss_uniform"] + 1.0
-    assert "| pubmedqa | 3 | 10 |" in (cfg.output / "unseen.md").read_text()
+    table = (cfg.output / "unseen.md").read_text()
+    assert "| pubmedqa | 3 | 10 |" in table and "| uniform | arrow | best single" in table
     assert (cfg.output / "unseen.png").stat().st_size > 1000
 
 
@@ -80,3 +85,23 @@ def test_gate_router_and_repeated_ks_refused(skills_root, tmp_path):
         config(skills_root, tmp_path, method="gate")
     with pytest.raises(ConfigError, match="distinct"):
         config(skills_root, tmp_path, ks=[5, 5])
+
+
+def test_arrow_row_settings_are_checked_and_optional(skills_root, tmp_path):
+    from mdkif.routing.experiment import write_table
+
+    with pytest.raises(ConfigError, match=r"arrow\.top_k.*more than the number of skills \(2\)"):
+        config(skills_root, tmp_path, arrow={"top_k": 3})
+    with pytest.raises(ConfigError, match=r"arrow\.temperature"):
+        config(skills_root, tmp_path, arrow={"top_k": 2, "temperature": -1})
+    assert config(skills_root, tmp_path, arrow=None).arrow is None
+    # Without the Arrow row the table keeps its columns; with it, one more.
+    acc = {"accuracy": 0.5, "ci_low": 0.2, "ci_high": 0.8}
+    fit = {"best_single_skill": "triage_yes", "top_skills": ["triage_yes"]}
+    row = {"task": "t", "k": 3, "n_test": 10, "base": acc, "uniform": acc, "best_single": acc, "routed": acc}
+    write_table(tmp_path / "plain", [{**row, "fit": fit}])
+    plain = (tmp_path / "plain" / "unseen.md").read_text()
+    assert "arrow" not in plain.lower() and "| t | 3 | 10 | 50.0 [20, 80] | 50.0 [20, 80] | 50.0" in plain
+    write_table(tmp_path / "arrow", [{**row, "fit": fit, "arrow": {**acc, "accuracy": 0.7}}])
+    text = (tmp_path / "arrow" / "unseen.md").read_text()
+    assert "| t | 3 | 10 | 50.0 [20, 80] | 50.0 [20, 80] | 70.0 [20, 80] | 50.0" in text

@@ -42,7 +42,13 @@ class ScoringConfig(StrictModel):
         0, ge=0, le=16, description="k-shot examples drawn from each benchmark's fewshot source"
     )
     chat_template: Literal["auto", "on", "off"] = Field(
-        "auto", description="wrap the prompt in the tokenizer's chat template (auto: when it has one)"
+        "auto",
+        description="MCQ benchmarks: wrap the prompt in the tokenizer's chat template (auto: when it has one)",
+    )
+    prompt_format: Literal["alpaca", "chat"] = Field(
+        "alpaca",
+        description="downstream tasks: the prompt format of the skills (their stage's `prompt_format`); a "
+        "routed variant whose skills were trained on another format is refused",
     )
     max_new_tokens: int | None = Field(
         None, ge=1, description="generation budget; default 8 for generate, 256 for cot"
@@ -91,14 +97,17 @@ class RouterRef(StrictModel):
     """Skills fused into the base for a variant: a fitted router artifact, or fixed weights per skill.
 
     The mixture is merged into the base weights once per worker (exact `sum_i w_i dW_i`), so a routed
-    variant scores at the base model's speed. Fixed `weights` give the comparison rows of the unseen-task
-    protocol: uniform mixture, or one-hot for the best single skill.
+    variant scores at the base model's speed; an Arrow router (zero-shot, per token) runs in the stacked
+    path instead. Fixed `weights` give the comparison rows of the unseen-task protocol: uniform mixture,
+    or one-hot for the best single skill.
     """
 
     adapters: Path = Field(
         description="folder of trained skill adapters, ADAPTERS/<skill>/ (skills stage output)"
     )
-    path: Path | None = Field(None, description="router artifact folder (router.json + router.safetensors)")
+    path: Path | None = Field(
+        None, description="router artifact folder (router.json + router.safetensors): static or arrow"
+    )
     weights: dict[str, float] | None = Field(None, description="fixed skill weights instead of a router")
 
     @model_validator(mode="after")
@@ -120,7 +129,10 @@ class VariantConfig(StrictModel):
 
     def fingerprint(self) -> str:
         """Hash of everything that changes a prediction; finished shards are reused only when it matches."""
-        return hashlib.sha1(self.model_dump_json().encode()).hexdigest()[:16]
+        # The default format is left out, so fingerprints from before formats existed still match.
+        default = self.scoring.prompt_format == "alpaca"
+        blob = self.model_dump_json(exclude={"scoring": {"prompt_format"}} if default else None)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
     def model_key(self) -> str:
         """Variants sharing this key share one loaded model inside a worker."""

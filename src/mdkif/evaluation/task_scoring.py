@@ -1,7 +1,8 @@
 """Score downstream-task items (classification, multi-label, NER, relations, generation) with one variant.
 
-The prompt is the skills' own training prompt (`TaskRecord.prompt()`, no chat template), so a skill sees a
-task exactly as it was trained, and the base model sees the very same text.
+The prompt is the skills' own training prompt in `scoring.prompt_format` (`mdkif.models.prompting`: Alpaca
+by default, or the chat template for skills trained with `prompt_format: chat`), so a skill sees a task
+exactly as it was trained, and the base model sees the very same text.
 
 - classification: the log-likelihood of each label followed by EOS (the training target's shape) after
   the prompt; the highest wins. No generation, so never unparsable. The prompt is encoded once and every
@@ -23,12 +24,16 @@ from mdkif.data.tasks import TASKS, TaskRecord
 from mdkif.evaluation import task_metrics as tm
 from mdkif.evaluation.config import ScoringConfig
 from mdkif.evaluation.loglik import generate, score_shared_continuations
+from mdkif.models.prompting import encode_text, end_token_id, render_prompt
 from mdkif.models.tokens import end_of_turn_ids
 
 
-def prompt_ids(tokenizer: Any, record: TaskRecord, max_tokens: int) -> tuple[list[int], bool]:
-    """The prompt's token ids; a too-long prompt loses its middle (instruction head and `### Response:` stay)."""
-    ids = tokenizer(record.prompt(), add_special_tokens=True)["input_ids"]
+def prompt_ids(
+    tokenizer: Any, record: TaskRecord, max_tokens: int, fmt: str = "alpaca"
+) -> tuple[list[int], bool]:
+    """The prompt's token ids; a too-long prompt loses its middle (instruction head and `### Response:`, or
+    the assistant header, stay)."""
+    ids = encode_text(tokenizer, render_prompt(tokenizer, record.instruction, record.input, fmt))
     if len(ids) <= max_tokens:
         return ids, False
     head = max_tokens // 2
@@ -55,7 +60,7 @@ def score_task_records(
     kind = kinds.pop()
     prompts, rows = [], []
     for r in records:
-        ids, cut = prompt_ids(tokenizer, r, scoring.max_prompt_tokens)
+        ids, cut = prompt_ids(tokenizer, r, scoring.max_prompt_tokens, scoring.prompt_format)
         prompts.append(ids)
         row: dict[str, Any] = {
             "id": r.id,
@@ -91,8 +96,8 @@ def _classify(model, tokenizer, records, rows, prompts, scoring) -> None:
     labels = records[0].labels
     if not labels or any(r.labels != labels for r in records):
         raise ValueError(f"classification items of {records[0].task} need one shared label set")
-    eos = tokenizer.eos_token_id
-    conts = [tokenizer(label, add_special_tokens=False)["input_ids"] + [eos] for label in labels]
+    end = end_token_id(tokenizer, scoring.prompt_format)  # what a trained skill ends its answer with
+    conts = [tokenizer(label, add_special_tokens=False)["input_ids"] + [end] for label in labels]
     totals = score_shared_continuations(
         model, prompts, conts, pad_id=_pad_id(tokenizer), batch_size=scoring.batch_size
     )

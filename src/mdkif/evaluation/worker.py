@@ -86,26 +86,39 @@ def load_variant_model(variant: VariantConfig) -> tuple[Any, Any]:
 
 
 def fuse_router(model: Any, variant: VariantConfig) -> Any:
-    """Merge the variant's skill mixture into `model` once (stacked on a quantized base); returns the
-    (same) model, now routed."""
+    """Merge the variant's skill mixture into `model` once (stacked on a quantized base; an Arrow router
+    always stacked, routing every token); returns the (same) model, now routed."""
     import torch
 
     from mdkif.fusion import FusionError, SkillBank, fuse
-    from mdkif.routing.router import router_weights
+    from mdkif.routing.router import load_router, router_weights
 
     ref = variant.router
+    arrow = None
     try:
         if ref.path is not None:
             info = json.loads((ref.path / "router.json").read_text()) if ref.path.is_dir() else None
             if info is None:
                 raise EvalError(f"variant {variant.name}: router artifact {ref.path} not found")
             bank = SkillBank.from_dir(ref.adapters, info["skills"])
-            weights, _ = router_weights(ref.path, bank)
+            if info.get("kind") == "arrow":
+                arrow, _ = load_router(ref.path, bank)
+            else:
+                weights, _ = router_weights(ref.path, bank)
         else:
             bank = SkillBank.from_dir(ref.adapters, list(ref.weights))
             weights = torch.tensor([ref.weights[n] for n in bank.names], dtype=torch.float32)
+        if bank.prompt_format != variant.scoring.prompt_format:
+            raise EvalError(
+                f"variant {variant.name}: the skills in {ref.adapters} were trained on "
+                f"{bank.prompt_format!r} prompts but scoring.prompt_format is "
+                f"{variant.scoring.prompt_format!r}; set scoring.prompt_format: {bank.prompt_format} "
+                "(on every variant of the comparison, so the base sees the same prompts)"
+            )
         fused = fuse(model, bank)
-        if fused.quantized:
+        if arrow is not None:
+            arrow.route(fused)  # per-token weights, computed in the fused layers: never merged
+        elif fused.quantized:
             fused.set_weights(weights)  # a 4/8-bit base cannot take a merged delta: the stacked path
         else:
             fused.merge(weights)

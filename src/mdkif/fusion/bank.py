@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 MANIFEST = "skills.json"
+TRAINING_METRICS = "metrics.json"  # written beside each adapter by the skills stage
 _KEY = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>[ABE])(?:\.weight)?(?:\.default)?$"
 )
@@ -64,6 +65,7 @@ class SkillAdapter:
     layers: dict[str, LayerDelta]
     digest: str
     config: dict = field(repr=False, default_factory=dict)
+    prompt_format: str = "alpaca"  # what it was trained on (metrics.json); adapters from elsewhere: alpaca
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -130,7 +132,19 @@ def load_skill(path: str | Path, name: str | None = None) -> SkillAdapter:
         layers[module] = LayerDelta(
             p["A"].contiguous(), E.contiguous(), p["B"].contiguous(), _scale(cfg, module, rank, peft_type)
         )
-    return SkillAdapter(name or folder.name, folder, peft_type, layers, _digest(folder), cfg)
+    return SkillAdapter(
+        name or folder.name, folder, peft_type, layers, _digest(folder), cfg, _trained_format(folder)
+    )
+
+
+def _trained_format(folder: Path) -> str:
+    """The prompt format the skills stage recorded in the adapter's metrics.json (alpaca when absent)."""
+    path = folder / TRAINING_METRICS
+    try:
+        meta = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise FusionError(f"{path}: not valid JSON ({exc})") from exc
+    return str(meta.get("prompt_format", "alpaca")) if isinstance(meta, dict) else "alpaca"
 
 
 @dataclass
@@ -147,6 +161,17 @@ class SkillBank:
         names = self.names
         if len(set(names)) != len(names):
             raise FusionError(f"duplicate skill names in {names}")
+        formats = {s.name: s.prompt_format for s in self.skills}
+        if len(set(formats.values())) > 1:
+            raise FusionError(
+                f"skills trained on different prompt formats cannot be mixed: {formats} "
+                "(retrain them with one `prompt_format`)"
+            )
+
+    @property
+    def prompt_format(self) -> str:
+        """The prompt format every skill was trained on: routers, the harness and Serve must show it."""
+        return self.skills[0].prompt_format
 
     @property
     def names(self) -> list[str]:

@@ -9,6 +9,9 @@ the whole rank-r_i product of one skill, never A and B separately.
 
 Merged mode folds `sum_i w_i dW_i` into `W` once (serving one task at the base model's speed) and can
 be undone.
+
+Arrow mode (`set_arrow`, see `mdkif.fusion.arrow`) is stacked mode with the weights computed inside each
+fused layer from its own input, one vector per token: `g` then has a token axis. It never merges.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdkif.fusion.arrow import arrow_prototypes, arrow_weights
 from mdkif.fusion.bank import FusionError, LayerDelta, SkillBank
 
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -57,6 +62,20 @@ def factor_dtype(layer: nn.Module) -> torch.dtype:
     return compute if isinstance(compute, torch.dtype) and compute.is_floating_point else torch.float32
 
 
+@dataclass
+class ArrowMode:
+    """Arrow routing settings the fused layers read: one `top_k` / `temperature`, or one per example.
+
+    With `rows` (a [B] bool mask) only those examples are Arrow-routed; the others keep their rows of the
+    state's per-example weights. `record`, when a dict, collects each layer group's mean token weights.
+    """
+
+    top_k: int | torch.Tensor
+    temperature: float | torch.Tensor
+    rows: torch.Tensor | None = None
+    record: dict[int, list[torch.Tensor]] | None = None
+
+
 class FusionState:
     """The weights every fused layer reads: canonical shape [L, K], or [B, L, K] with one row per example."""
 
@@ -64,9 +83,13 @@ class FusionState:
         self.num_layers, self.num_skills = num_layers, num_skills
         self.weights: torch.Tensor = torch.zeros(num_layers, num_skills)
         self.enabled = True
+        self.arrow: ArrowMode | None = None
 
     def set(self, weights: torch.Tensor, per_example: bool = False) -> None:
-        """Accept [K] or [L, K] (one task), or with `per_example` [B, K] or [B, L, K] (a mixed batch)."""
+        """Accept [K] or [L, K] (one task), or with `per_example` [B, K] or [B, L, K] (a mixed batch).
+
+        Fixed weights end any Arrow routing (`FusedModel.set_arrow` sets it again)."""
+        self.arrow = None
         w = torch.as_tensor(weights)
         L, K = self.num_layers, self.num_skills
         if w.shape[-1] != K:
@@ -125,6 +148,8 @@ class FusedLinear(nn.Module):
             else torch.zeros(base.out_features, 0, device=dev, dtype=dtype),
         )
         self.register_buffer("segment", torch.tensor(seg, dtype=torch.long, device=dev))
+        # Arrow's prototypes [K, in], computed from the bank by FusedModel.set_arrow on first use.
+        self.register_buffer("prototypes", None, persistent=False)
         self.merged_weights: torch.Tensor | None = None
 
     @property
@@ -145,13 +170,36 @@ class FusedLinear(nn.Module):
         # the activations (differentiably), and the factors to the activations' dtype (a quantized base
         # computes in its compute dtype, which the factors are kept in, not its packed storage dtype).
         w = self.state.for_layer(self.group).to(device=x.device, dtype=x.dtype)
-        g = w[..., self.segment]  # [R] or [B, R]
-        if g.dim() == 2:
-            g = g.view(g.shape[0], *([1] * (x.dim() - 2)), g.shape[1])
+        if self.state.arrow is not None:
+            g = self.arrow_weights(x, w)[..., self.segment]  # [B, T, R]: one vector per token
+        else:
+            g = w[..., self.segment]  # [R] or [B, R]
+            if g.dim() == 2:
+                g = g.view(g.shape[0], *([1] * (x.dim() - 2)), g.shape[1])
         down, up = self.down, self.up
         if down.dtype != x.dtype:
             down, up = down.to(x.dtype), up.to(x.dtype)
         return y + F.linear(F.linear(x, down) * g, up)
+
+    def arrow_weights(self, x: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """Arrow's per-token weights [..., K] for this layer's input `x`; rows the mode does not route keep
+        `fixed` (this layer's per-example weights [B, K])."""
+        mode = self.state.arrow
+        assert mode is not None
+        if self.prototypes is None:
+            raise FusionError("Arrow routing needs the prototypes: use FusedModel.set_arrow")
+        lead = [1] * (x.dim() - 1)  # settings per example broadcast over the token axes
+
+        def per_example(v: int | float | torch.Tensor) -> int | float | torch.Tensor:
+            return v.view(-1, *lead) if isinstance(v, torch.Tensor) else v
+
+        w = arrow_weights(x, self.prototypes, per_example(mode.top_k), per_example(mode.temperature))
+        if mode.rows is not None:
+            keep = mode.rows.to(x.device).view(-1, *lead)
+            w = torch.where(keep, w, fixed.view(fixed.shape[0], *lead[1:], -1).expand_as(w))
+        if mode.record is not None:
+            mode.record.setdefault(self.group, []).append(w.detach().float().reshape(-1, w.shape[-1]).mean(0))
+        return w
 
     @torch.no_grad()
     def merge(self, weights: torch.Tensor) -> None:
@@ -230,6 +278,44 @@ class FusedModel(nn.Module):
         if self.merged:
             raise FusionError("the model is merged: unmerge before switching to stacked weights")
         self.state.set(weights, per_example)
+
+    def set_arrow(
+        self,
+        top_k: int | torch.Tensor,
+        temperature: float | torch.Tensor,
+        *,
+        rows: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+        record: dict[int, list[torch.Tensor]] | None = None,
+    ) -> None:
+        """Route the following forwards with Arrow: per token, per fused layer, from the skills' prototypes.
+
+        One `top_k` / `temperature` for every example, or with `rows` ([B] bool) only those examples, each
+        with its own `top_k[b]` / `temperature[b]` when tensors, while the others use their rows of the
+        per-example `weights` ([B, K] or [B, L, K]). Prototypes are computed from the bank once.
+        """
+        if self.merged:
+            raise FusionError("the model is merged: unmerge before Arrow routing (it never merges)")
+        K = self.num_skills
+        top = torch.as_tensor(top_k)
+        if int(top.min()) < 1 or int(top.max()) > K:
+            raise FusionError(f"arrow top_k must be between 1 and the number of skills ({K}), got {top_k}")
+        if float(torch.as_tensor(temperature).min()) <= 0:
+            raise FusionError(f"arrow temperature must be > 0, got {temperature}")
+        self.build_prototypes()
+        if rows is None:
+            self.state.set(torch.zeros(K))
+        else:
+            self.state.set(torch.zeros(rows.shape[0], K) if weights is None else weights, per_example=True)
+        self.state.arrow = ArrowMode(top_k, temperature, rows, record)
+
+    def build_prototypes(self) -> None:
+        """Compute Arrow's prototypes from the bank into every fused layer (once; `set_arrow` calls it)."""
+        if all(layer.prototypes is not None for layer in self.layers.values()):
+            return
+        protos = arrow_prototypes(self.bank)
+        for name, layer in self.layers.items():
+            layer.prototypes = protos[name].to(layer.down.device, layer.down.dtype)
 
     @torch.no_grad()
     def merge(self, weights: torch.Tensor) -> None:

@@ -1,5 +1,6 @@
-"""Skill routers: per-task or per-layer mixtures (gradient or CMA-ES fitted) and an input-conditioned gate."""
+"""Skill routers: per-task or per-layer mixtures (gradient or CMA-ES fitted), an input-conditioned gate
+and zero-shot per-token Arrow routing."""
 
-from mdkif.routing.router import GateRouter, SkillRouter, load_router, save_router
+from mdkif.routing.router import ArrowRouter, GateRouter, SkillRouter, load_router, save_router
 
-__all__ = ["GateRouter", "SkillRouter", "load_router", "save_router"]
+__all__ = ["ArrowRouter", "GateRouter", "SkillRouter", "load_router", "save_router"]

@@ -125,7 +125,8 @@ def route(
         bool, typer.Option(help="CONFIG is an unseen-task experiment (tune/unseen_task.yaml)")
     ] = False,
 ) -> None:
-    """Fit a skill router for one task (gradient, CMA-ES or input-conditioned gate) and save the artifact."""
+    """Fit a skill router for one task (gradient, CMA-ES or input-conditioned gate) and save the artifact;
+    `method: arrow` fits nothing (zero-shot, per token) and writes its artifact, scored when a task is given."""
     from mdkif.config import load_config
     from mdkif.routing.config import RouteConfig
 

@@ -71,17 +71,50 @@ class CmaesSettings(StrictModel):
     sigma0: float = Field(0.5, gt=0, description="initial step size on the logits")
 
 
+class ArrowSettings(StrictModel):
+    """Arrow routing (peft's `ArrowConfig`, same defaults): zero-shot, per token and per fused layer."""
+
+    top_k: int = Field(
+        3, ge=1, description="skills mixed per token (peft's top_k); at most the number of skills"
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="softmax temperature over the kept skills' |<x, v_i>| (router_temperature)"
+    )
+
+
+def count_skills(skills: SkillsSource) -> int | None:
+    """How many skills a `SkillsSource` names or its folder holds; None when that is not known yet."""
+    if skills.names is not None:
+        return len(skills.names)
+    if skills.root.is_dir():
+        return sum(1 for p in skills.root.iterdir() if (p / "adapter_config.json").is_file()) or None
+    return None
+
+
+def check_arrow_top_k(arrow: ArrowSettings, num_skills: int | None, field: str = "arrow.top_k") -> None:
+    """Refuse a `top_k` above the number of skills (peft's torch.topk would fail), naming the field."""
+    if num_skills is not None and arrow.top_k > num_skills:
+        raise ValueError(
+            f"field '{field}': {arrow.top_k} is more than the number of skills ({num_skills}); "
+            f"set {field} to at most {num_skills}"
+        )
+
+
 class RouteConfig(StrictModel):
     """Fit one router for one task and save it as an artifact."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     skills: SkillsSource
-    task: TaskSource
-    method: Literal["gradient", "cmaes", "gate"] = Field(
+    task: TaskSource | None = Field(
+        None, description="the task's examples (needed to fit; for arrow, only to score it on n_val)"
+    )
+    method: Literal["gradient", "cmaes", "gate", "arrow"] = Field(
         "gradient",
-        description="gradient: Adam on the logits; cmaes: few-shot black-box; gate: input-conditioned",
+        description="gradient: Adam on the logits; cmaes: few-shot black-box; gate: input-conditioned; "
+        "arrow: zero-shot per-token routing from the skills' singular directions (nothing fitted)",
     )
     router: RouterSettings = Field(default_factory=RouterSettings)
+    arrow: ArrowSettings = Field(default_factory=ArrowSettings, description="used by method: arrow")
     regularizer: Regularizer = Field(default_factory=Regularizer)
     gradient: GradientSettings = Field(
         default_factory=GradientSettings, description="also used by method: gate"
@@ -101,4 +134,8 @@ class RouteConfig(StrictModel):
             )
         if self.method == "gate" and self.router.normalize != "softmax":
             raise ValueError("the gate always produces a softmax mixture: normalize must be softmax")
+        if self.task is None and self.method != "arrow":
+            raise ValueError(f"field 'task' is required: method {self.method} fits the router on task data")
+        if self.method == "arrow":
+            check_arrow_top_k(self.arrow, count_skills(self.skills))
         return self

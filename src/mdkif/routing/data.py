@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from mdkif.data.records import MCQRecord, format_prompt
+from mdkif.data.records import MCQRecord
+from mdkif.models.prompting import encode_text, end_token_id, render_prompt
 from mdkif.models.scoring import continuation_logprobs, pad_left
 
 
@@ -104,26 +105,45 @@ class LabelBatch:
         )
 
 
-def mcq_example(record: MCQRecord) -> TaskExample:
-    """An MCQ item as a prompt ending in 'Answer:' and the target ' <key>' (the evaluation's letter protocol)."""
+def mcq_example(record: MCQRecord, tokenizer: Any = None, fmt: str = "alpaca") -> TaskExample:
+    """An MCQ item as a prompt ending in 'Answer:' and the target ' <key>' (the evaluation's letter protocol),
+    in the skills' prompt format (a tokenizer is needed for `chat`)."""
     options = "\n".join(f"{k}. {v}" for k, v in record.options.items())
     keys = ", ".join(record.options)
     body = f"{record.context.strip()}\n\n" if record.context else ""
     body += f"Question: {record.question.strip()}\nOptions:\n{options}"
-    prompt = format_prompt(f"Answer the medical multiple-choice question with one of: {keys}.", body)
+    instruction = f"Answer the medical multiple-choice question with one of: {keys}."
+    prompt = render_prompt(tokenizer, instruction, body, fmt)
     return TaskExample(prompt + "Answer:", f" {record.answer}")
 
 
-def task_examples(records: list[Any], eos_token: str = "") -> list[TaskExample]:
-    """Downstream-task items (`mdkif.data.tasks.TaskRecord`) in the skills' own format: the training prompt,
-    target the gold output followed by EOS (what the skills learned to produce and the harness scores)."""
-    return [TaskExample(r.prompt(), r.output + eos_token) for r in records]
+def task_examples(
+    records: list[Any], eos_token: str = "", tokenizer: Any = None, fmt: str = "alpaca"
+) -> list[TaskExample]:
+    """Downstream-task items (`mdkif.data.tasks.TaskRecord`) in the skills' own format: the training prompt
+    in `fmt`, target the gold output followed by `eos_token` (the end token the skills learned to produce
+    and the harness scores: EOS, or the end of turn for `chat`)."""
+    return [
+        TaskExample(render_prompt(tokenizer, r.instruction, r.input, fmt), r.output + eos_token)
+        for r in records
+    ]
+
+
+def end_token(tokenizer: Any, fmt: str) -> str:
+    """The end token's text for `fmt` (`task_examples`' `eos_token`)."""
+    return tokenizer.convert_ids_to_tokens(end_token_id(tokenizer, fmt))
 
 
 def load_examples(
-    source: str, split: str | None = None, limit: int | None = None, root: str | None = None
+    source: str,
+    split: str | None = None,
+    limit: int | None = None,
+    root: str | None = None,
+    tokenizer: Any = None,
+    fmt: str = "alpaca",
 ) -> list[TaskExample]:
-    """A JSONL of {prompt, target} rows, or any benchmark `load_benchmark` reads (as MCQ examples)."""
+    """A JSONL of {prompt, target} rows (used as written), or any benchmark `load_benchmark` reads (as MCQ
+    examples in `fmt`)."""
     path = Path(source)
     if path.suffix == ".jsonl" and path.is_file():
         first = json.loads(path.read_text().splitlines()[0])
@@ -135,7 +155,7 @@ def load_examples(
     kwargs: dict[str, Any] = {"split": split, "limit": limit}
     if root is not None:
         kwargs["root"] = root
-    return [mcq_example(r) for r in load_benchmark(source, **kwargs)]
+    return [mcq_example(r, tokenizer, fmt) for r in load_benchmark(source, **kwargs)]
 
 
 def split_examples(
@@ -160,7 +180,7 @@ def encode(tokenizer: Any, examples: list[TaskExample], max_length: int = 512) -
     """Tokenise prompt+target per example (prompt cut from the left if too long), right-pad, mask the prompt."""
     seqs, n_prompt = [], []
     for ex in examples:
-        p = tokenizer(ex.prompt, add_special_tokens=True)["input_ids"]
+        p = encode_text(tokenizer, ex.prompt)
         t = tokenizer(ex.target, add_special_tokens=False)["input_ids"]
         if not t:
             raise ValueError(f"target {ex.target!r} tokenises to nothing")
@@ -181,11 +201,13 @@ def encode(tokenizer: Any, examples: list[TaskExample], max_length: int = 512) -
     return Batch(ids, att, labels, pmask)
 
 
-def encode_labels(tokenizer: Any, records: list[Any], max_length: int = 512) -> LabelBatch:
+def encode_labels(
+    tokenizer: Any, records: list[Any], max_length: int = 512, fmt: str = "alpaca"
+) -> LabelBatch:
     """Classification task items (`TaskRecord`s sharing one label set) as a `LabelBatch`.
 
-    The prompt is the harness's: the training prompt, with its middle cut when it is longer than
-    `max_length` tokens minus the longest label; each label is scored as its tokens + EOS.
+    The prompt is the harness's: the training prompt in `fmt`, with its middle cut when it is longer than
+    `max_length` tokens minus the longest label; each label is scored as its tokens + the end token.
     """
     if not records:
         raise ValueError("no task items to encode")
@@ -195,12 +217,12 @@ def encode_labels(tokenizer: Any, records: list[Any], max_length: int = 512) -> 
     unknown = sorted({r.output for r in records if r.output not in labels})
     if unknown:
         raise ValueError(f"task {records[0].task}: gold output(s) {unknown} outside the label set {labels}")
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    eos = [end_token_id(tokenizer, fmt)]
     conts = tuple(tuple(tokenizer(label, add_special_tokens=False)["input_ids"] + eos) for label in labels)
     budget = max(1, max_length - max(len(c) for c in conts))
     rows = []
     for r in records:
-        ids = tokenizer(r.prompt(), add_special_tokens=True)["input_ids"]
+        ids = encode_text(tokenizer, render_prompt(tokenizer, r.instruction, r.input, fmt))
         if len(ids) > budget:
             head = budget // 2
             ids = ids[:head] + ids[len(ids) - (budget - head) :]

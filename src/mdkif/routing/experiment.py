@@ -1,9 +1,10 @@
 """The unseen-task experiment: fit routers on tasks no skill was trained on, with k examples, and score them.
 
 For each task and each k, one router is fitted on k items and scored, by the evaluation harness (the same
-scorer as every other variant), on a fixed held-out test set against three references: the base model,
-the uniform mixture of all skills, and the best single skill (picked by its answer loss on the same k
-items, so it gets the same data the router gets).
+scorer as every other variant), on a fixed held-out test set against four references: the base model,
+the uniform mixture of all skills, Arrow (zero-shot per-token routing, which needs no task data at all)
+and the best single skill (picked by its answer loss on the same k items, so it gets the same data the
+router gets).
 
 Protocol:
 - the test set is the first `n_test` items of the task (the harness's `limit`), the same for every k;
@@ -12,7 +13,8 @@ Protocol:
   lists the options, the chat template when the tokenizer has one, target ` <key>`);
 - each fitted router is saved as an artifact (`OUTPUT/<task>/router-k<k>/`) and evaluated as a harness
   variant (`router: {adapters, path}`), the best single skill as fixed one-hot weights, the uniform
-  mixture as fixed weights 1/K; all merged into the base once per worker.
+  mixture as fixed weights 1/K; all merged into the base once per worker. The Arrow artifact
+  (`OUTPUT/arrow/`) is one for every task and runs in the stacked path.
 
 Writes `OUTPUT/<task>/eval/` (the harness's predictions, summary, report, chart per task) and
 `OUTPUT/unseen.{json,md,png}`: accuracy with 95% bootstrap intervals per (task, k) and method.
@@ -33,6 +35,7 @@ from pydantic import Field, model_validator
 from mdkif.config import StrictModel, validate
 from mdkif.models import ModelConfig
 from mdkif.routing.config import (
+    ArrowSettings,
     CmaesSettings,
     GradientSettings,
     Regularizer,
@@ -40,6 +43,8 @@ from mdkif.routing.config import (
     RouterSettings,
     SkillsSource,
     TaskSource,
+    check_arrow_top_k,
+    count_skills,
 )
 from mdkif.routing.data import TaskExample, encode
 from mdkif.routing.fit import task_loss
@@ -70,6 +75,10 @@ class ExperimentConfig(StrictModel):
     regularizer: Regularizer = Field(default_factory=Regularizer)
     gradient: GradientSettings = Field(default_factory=GradientSettings)
     cmaes: CmaesSettings = Field(default_factory=CmaesSettings)
+    arrow: ArrowSettings | None = Field(
+        default_factory=ArrowSettings,
+        description="the zero-shot Arrow row (no fitting data; the same artifact for every task); null: none",
+    )
     num_workers: int = Field(2, ge=1, description="evaluation actors (each loads the model once)")
     shard_size: int = Field(25, ge=1)
     use_ray: bool = Field(True, description="false: evaluate in this process")
@@ -82,6 +91,8 @@ class ExperimentConfig(StrictModel):
             raise ValueError(f"task names must be unique: {names}")
         if len(set(self.ks)) != len(self.ks) or min(self.ks) < 1:
             raise ValueError(f"ks must be distinct positive sizes: {self.ks}")
+        if self.arrow is not None:
+            check_arrow_top_k(self.arrow, count_skills(self.skills))
         return self
 
 
@@ -117,7 +128,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, An
     from mdkif.evaluation.config import EvalConfig
     from mdkif.evaluation.runner import run_eval
     from mdkif.routing.pipeline import build_fused, fit_router
-    from mdkif.routing.router import save_router
+    from mdkif.routing.router import ArrowRouter, save_router
 
     route_cfg = RouteConfig(
         model=cfg.model,
@@ -137,6 +148,22 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, An
     model = cfg.model.model_dump(mode="json")
     scoring = {"method": "loglik", "target": "letter", "batch_size": 8}
     adapters = str(cfg.skills.root)
+    arrow_rows: list[dict[str, Any]] = []
+    if cfg.arrow is not None:  # built from the skills alone: one artifact serves every task
+        a = cfg.arrow
+        if a.top_k > K:
+            raise ValueError(f"field 'arrow.top_k': {a.top_k} is more than the number of skills ({K})")
+        folder = cfg.output / "arrow"
+        arrow = ArrowRouter(K, a.top_k, a.temperature)
+        save_router(arrow, bank, fused, folder, {"fit": {"method": "arrow", "top_k": a.top_k}})
+        arrow_rows = [
+            {
+                "name": "arrow",
+                "model": model,
+                "router": {"adapters": adapters, "path": str(folder)},
+                "scoring": scoring,
+            }
+        ]
     for task in cfg.tasks:
         _, pool = split_task(task, cfg.n_test, max(cfg.ks), cfg.seed)
         rows = [
@@ -147,6 +174,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, An
                 "router": {"adapters": adapters, "weights": {n: 1.0 / K for n in names}},
                 "scoring": scoring,
             },
+            *arrow_rows,
         ]
         for k in sorted(cfg.ks):
             t0 = time.perf_counter()
@@ -221,18 +249,19 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, An
 
         for k in sorted(cfg.ks):
             fit = fits[(task.name, k)]
-            table.append(
-                {
-                    "task": task.name,
-                    "k": k,
-                    "n_test": cell["base"]["n"],
-                    "base": acc("base"),
-                    "uniform": acc("uniform"),
-                    "best_single": acc(f"single-k{k}"),
-                    "routed": acc(f"routed-k{k}"),
-                    "fit": fit,
-                }
-            )
+            row = {
+                "task": task.name,
+                "k": k,
+                "n_test": cell["base"]["n"],
+                "base": acc("base"),
+                "uniform": acc("uniform"),
+                "best_single": acc(f"single-k{k}"),
+                "routed": acc(f"routed-k{k}"),
+                "fit": fit,
+            }
+            if "arrow" in cell:
+                row["arrow"] = acc("arrow")
+            table.append(row)
     return write_table(cfg.output, table)
 
 
@@ -244,19 +273,23 @@ def write_table(out: Path, table: list[dict[str, Any]]) -> dict[str, Any]:
     """unseen.json (rows), unseen.md (the table) and unseen.png (accuracy against k, per task)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "unseen.json").write_text(json.dumps(table, indent=2) + "\n")
+    arrow = any("arrow" in r for r in table)
     lines = [
         "Accuracy in % (95% bootstrap interval) on each task's first n_test items, scored by the evaluation",
         "harness (log-likelihood of the option key). Best single skill and router are fitted on the same k",
-        "items; base and uniform need no fitting.",
+        "items; base, uniform" + (" and Arrow (zero-shot, per token)" if arrow else "") + " need no fitting.",
         "",
-        "| task | k | n_test | base | uniform | best single (skill) | routed | top routed skills |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | k | n_test | base | uniform |"
+        + (" arrow |" if arrow else "")
+        + " best single (skill) | routed | top routed skills |",
+        "|---|---|---|---|---|" + ("---|" if arrow else "") + "---|---|---|",
     ]
     for r in table:
         f = r["fit"]
+        arrow_cell = (f" {_cell(r['arrow'])} |" if "arrow" in r else " - |") if arrow else ""
         lines.append(
-            f"| {r['task']} | {r['k']} | {r['n_test']} | {_cell(r['base'])} | {_cell(r['uniform'])} | "
-            f"{_cell(r['best_single'])} ({f['best_single_skill']}) | {_cell(r['routed'])} | "
+            f"| {r['task']} | {r['k']} | {r['n_test']} | {_cell(r['base'])} | {_cell(r['uniform'])} |"
+            f"{arrow_cell} {_cell(r['best_single'])} ({f['best_single_skill']}) | {_cell(r['routed'])} | "
             f"{', '.join(f['top_skills'])} |"
         )
     (out / "unseen.md").write_text("\n".join(lines) + "\n")
@@ -282,7 +315,9 @@ def plot(path: Path, table: list[dict[str, Any]]) -> None:
                 [100 * (r[key]["ci_high"] - r[key]["accuracy"]) for r in rows],
             ]
             ax.errorbar(ks, y, yerr=err, fmt=style, capsize=3, label=key.replace("_", " "))
-        for key, color in (("base", "black"), ("uniform", "grey")):
+        for key, color in (("base", "black"), ("uniform", "grey"), ("arrow", "tab:green")):
+            if key not in rows[0]:
+                continue
             ax.axhline(100 * rows[0][key]["accuracy"], color=color, linestyle=":", label=key)
         ax.set_xscale("log")
         ax.set_xticks(ks, [str(k) for k in ks])

@@ -5,6 +5,8 @@
 - `fit_cmaes`: CMA-ES (`cma`) on the logits for few-shot tasks: each candidate is one `set_weights` and
   one no-grad forward over the k examples, never a reload or a re-merge of adapters.
 - `fit_gate`: the input-conditioned gate, trained by gradient on pooled prompt states computed once.
+
+Arrow (`ArrowRouter`) needs no fit; `task_loss` scores it like the others.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from mdkif.fusion import FusedModel
 from mdkif.routing.data import Batch, LabelBatch, objective
-from mdkif.routing.router import GateRouter, SkillRouter, pooled_prompt_state
+from mdkif.routing.router import ArrowRouter, GateRouter, SkillRouter, pooled_prompt_state
 
 Regularizer = Literal["none", "entropy", "l1"]
 
@@ -160,11 +162,28 @@ def fit_gate(
 def route_weights(
     fused: FusedModel, router: torch.nn.Module, batch: Batch | LabelBatch
 ) -> tuple[torch.Tensor, bool]:
-    """The weights `router` gives for `batch` and whether they are per example (a gate) or per task."""
+    """The weights `router` gives for `batch` and whether they are per example (a gate) or per task.
+
+    Arrow has no such weights (it routes each token inside the fused layers): see `apply_router`.
+    """
+    if isinstance(router, ArrowRouter):
+        raise TypeError("Arrow routes per token inside the fused layers; use apply_router")
     if isinstance(router, GateRouter):
         pooled = pooled_prompt_state(fused, batch.input_ids, batch.attention_mask, batch.prompt_mask)
         return router(pooled), True
     return router(), False
+
+
+@torch.no_grad()
+def apply_router(
+    fused: FusedModel, router: torch.nn.Module | torch.Tensor, batch: Batch | LabelBatch
+) -> None:
+    """Make `fused` route `batch` as `router` does: fixed weights, a router's weights, or Arrow's mode."""
+    if isinstance(router, ArrowRouter):
+        router.route(fused)
+        return
+    w, per_ex = (router, False) if isinstance(router, torch.Tensor) else route_weights(fused, router, batch)
+    fused.set_weights(w, per_example=per_ex)
 
 
 @torch.no_grad()
@@ -181,10 +200,7 @@ def task_loss(
         if router is None:
             ctx = fused.adapters_off()
         else:
-            w, per_ex = (
-                (router, False) if isinstance(router, torch.Tensor) else route_weights(fused, router, part)
-            )
-            fused.set_weights(w, per_example=per_ex)
+            apply_router(fused, router, part)
             ctx = nullcontext()
         with ctx:
             losses = objective(fused, part, per_example=True)

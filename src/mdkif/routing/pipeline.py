@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 
+from mdkif.config import ConfigError
 from mdkif.fusion import FusedModel, SkillBank, fuse
 from mdkif.routing.config import RouteConfig
 from mdkif.routing.data import encode, load_examples, split_examples
-from mdkif.routing.fit import fit_cmaes, fit_gate, fit_gradient, task_loss
-from mdkif.routing.router import GateRouter, SkillRouter, save_router
+from mdkif.routing.fit import FitResult, fit_cmaes, fit_gate, fit_gradient, task_loss
+from mdkif.routing.router import ArrowRouter, GateRouter, SkillRouter, save_router
 
 
 def build_fused(cfg: RouteConfig) -> tuple[FusedModel, Any, SkillBank]:
@@ -26,11 +27,23 @@ def build_fused(cfg: RouteConfig) -> tuple[FusedModel, Any, SkillBank]:
 def fit_router(
     cfg: RouteConfig, fused: FusedModel, train, seed: int | None = None
 ) -> tuple[torch.nn.Module, Any]:
-    """Build the configured router and fit it on the encoded `train` batch; returns (router, FitResult)."""
-    seed = cfg.task.seed if seed is None else seed
-    torch.manual_seed(seed)
+    """Build the configured router and fit it on the encoded `train` batch; returns (router, FitResult).
+
+    Arrow is built, not fitted (`train` may be None); its FitResult reports the loss on `train` if given.
+    """
     r, reg = cfg.router, cfg.regularizer
     K, L = fused.num_skills, fused.num_layers
+    if cfg.method == "arrow":
+        try:
+            arrow = ArrowRouter(K, cfg.arrow.top_k, cfg.arrow.temperature)
+        except ValueError as exc:
+            raise ConfigError(f"route config: field 'arrow.top_k': {exc}") from None
+        res = FitResult()
+        if train is not None:
+            res.final_loss = task_loss(fused, arrow, train)
+        return arrow, res
+    seed = cfg.task.seed if seed is None else seed
+    torch.manual_seed(seed)
     device = next(fused.parameters()).device  # the router lives with the model (a GPU base: on the GPU)
     if cfg.method == "gate":
         hidden = fused.model.config.hidden_size
@@ -81,7 +94,11 @@ def run_route(cfg: RouteConfig, save: bool = True) -> dict[str, Any]:
     start = time.perf_counter()
     fused, tok, bank = build_fused(cfg)
     t = cfg.task
-    examples = load_examples(t.source, t.split, t.limit, t.data_root)
+    if t is None:  # arrow without task data: nothing to fit or score, only the artifact to write
+        router, _ = fit_router(cfg, fused, None)
+        return _save(cfg, router, bank, fused, {"method": cfg.method, "task": None}, save, start)
+    # MCQ items are rendered in the skills' prompt format (JSONL prompts are used as written).
+    examples = load_examples(t.source, t.split, t.limit, t.data_root, tok, bank.prompt_format)
     train_ex, val_ex = split_examples(examples, t.k, t.n_val, t.seed)
     train, val = encode(tok, train_ex, t.max_length), encode(tok, val_ex, t.max_length)
     router, res = fit_router(cfg, fused, train)
@@ -99,9 +116,25 @@ def run_route(cfg: RouteConfig, save: bool = True) -> dict[str, Any]:
         "val_loss_uniform": task_loss(fused, uniform, val),
         "seconds": round(time.perf_counter() - start, 2),
     }
+    return _save(cfg, router, bank, fused, summary, save, start)
+
+
+def _save(
+    cfg: RouteConfig,
+    router: torch.nn.Module,
+    bank: SkillBank,
+    fused: FusedModel,
+    summary: dict[str, Any],
+    save: bool,
+    start: float,
+) -> dict[str, Any]:
+    """Write the artifact (when `save`) and finish the summary: its path, and a static router's weights."""
+    if isinstance(router, ArrowRouter):
+        summary.update(top_k=router.top_k, temperature=router.temperature)
+    summary.setdefault("seconds", round(time.perf_counter() - start, 2))
     if save:
         settings = cfg.model_dump(
-            mode="json", include={"router", "regularizer", "gradient", "cmaes", "model"}
+            mode="json", include={"router", "regularizer", "gradient", "cmaes", "arrow", "model"}
         )
         path = save_router(router, bank, fused, cfg.output, {"fit": summary, "settings": settings})
         summary["artifact"] = str(path)

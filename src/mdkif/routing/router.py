@@ -4,6 +4,8 @@
   (a convex mixture) or `linear` (free weights, LoraHub's parameterisation, for an L1 penalty to sparsify).
 - `GateRouter`: input-conditioned (MoE-like): a small MLP on the prompt's pooled base hidden state gives
   one weight vector per example, so a mixed batch routes every item on its own.
+- `ArrowRouter`: zero-shot (Arrow, peft's `ArrowConfig`): per token and per fused layer, from each skill's
+  top singular direction (`mdkif.fusion.arrow`); nothing is fitted, the artifact holds its two settings.
 
 A router artifact is `router.json` (skills, their digests, the skills manifest digest, the weights and
 how they were fitted) plus `router.safetensors` (the parameters). Weights are read in the bank's order.
@@ -20,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mdkif.fusion import FusedModel, FusionError, SkillBank
+from mdkif.fusion.arrow import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 
 Normalize = Literal["softmax", "linear"]
 
@@ -81,6 +84,26 @@ class GateRouter(nn.Module):
         return torch.softmax(logits / self.temperature, -1)
 
 
+class ArrowRouter(nn.Module):
+    """Arrow: each token picks its `top_k` skills per fused layer by |<x, v_i>| (v_i: skill i's top right-
+    singular vector there) and mixes them by `softmax(. / temperature)`. No parameters, no task data."""
+
+    def __init__(
+        self, num_skills: int, top_k: int = DEFAULT_TOP_K, temperature: float = DEFAULT_TEMPERATURE
+    ) -> None:
+        super().__init__()
+        if not 1 <= top_k <= num_skills:
+            raise ValueError(f"top_k must be between 1 and the number of skills ({num_skills}), got {top_k}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.num_skills, self.top_k, self.temperature = num_skills, int(top_k), float(temperature)
+        self.per_layer = True  # the weights differ per fused layer (and per token)
+
+    def route(self, fused: FusedModel) -> None:
+        """Make `fused` route its following forwards with Arrow (the stacked path; never merged)."""
+        fused.set_arrow(self.top_k, self.temperature)
+
+
 def pooled_prompt_state(
     fused: FusedModel,
     input_ids: torch.Tensor,
@@ -103,7 +126,9 @@ def save_router(
     """Write `router.json` + `router.safetensors` into `out_dir`; returns the json path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kind = "gate" if isinstance(router, GateRouter) else "static"
+    kind = (
+        "gate" if isinstance(router, GateRouter) else "arrow" if isinstance(router, ArrowRouter) else "static"
+    )
     info: dict[str, Any] = {
         "format": "mdkif-router/1",
         "kind": kind,
@@ -120,6 +145,9 @@ def save_router(
         info["normalize"] = router.normalize
         with torch.no_grad():
             info["weights"] = router().tolist()
+    elif kind == "arrow":
+        info["top_k"] = router.top_k
+        info["routing"] = "per token, per fused layer"
     else:
         info["hidden_size"] = router.net[0].normalized_shape[0]
         info["width"] = router.width
@@ -146,6 +174,11 @@ def load_router(path: str | Path, bank: SkillBank | None = None) -> tuple[nn.Mod
         if changed:
             raise FusionError(f"{folder}: skill adapter(s) {changed} changed since the router was fitted")
     K, L = len(info["skills"]), len(info["layer_groups"])
+    if info["kind"] == "arrow":
+        try:
+            return ArrowRouter(K, info["top_k"], info["temperature"]), info
+        except ValueError as exc:
+            raise FusionError(f"{folder}: arrow router: {exc}") from None
     if info["kind"] == "static":
         router: nn.Module = SkillRouter(K, L, info["per_layer"], info["temperature"], info["normalize"])
     else:
@@ -157,9 +190,15 @@ def load_router(path: str | Path, bank: SkillBank | None = None) -> tuple[nn.Mod
 def router_weights(path: str | Path, bank: SkillBank) -> tuple[torch.Tensor, dict[str, Any]]:
     """The fixed mixture a static router artifact encodes, `[L, K]` (per-layer) or `[K]`, and its info.
 
-    A gate is input-conditioned (one mixture per prompt), so it has no single mixture and is refused.
+    A gate is input-conditioned (one mixture per prompt) and Arrow routes every token, so neither has a
+    single mixture: both are refused.
     """
     router, info = load_router(path, bank)
+    if isinstance(router, ArrowRouter):
+        raise FusionError(
+            f"{path}: router is Arrow (per-token routing), so it has no single mixture to merge or export; "
+            "it runs in the stacked path only"
+        )
     if not isinstance(router, SkillRouter):
         raise FusionError(
             f"{path}: router is input-conditioned (a gate), so it has no single mixture to merge or export; "

@@ -94,6 +94,12 @@ class ServeAppConfig(StrictModel):
     )
     adapters_dir: Path | None = Field(None, description="Skill adapters folder: <skill>/adapter_config.json.")
     skills: list[str] | None = Field(None, description="Skills to load, in router order (default: all).")
+    prompt_format: Literal["auto", "alpaca", "chat"] = Field(
+        "auto",
+        description="How chat messages reach the model: auto = the skills' training format (skills.json / "
+        "their metrics.json), or the chat template when no skills are loaded; alpaca = the last user "
+        "message as the instruction, earlier turns as the input; chat = the tokenizer's chat template.",
+    )
     profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
     rag: RagServeConfig | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

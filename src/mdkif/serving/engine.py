@@ -11,6 +11,9 @@ A batch is served one of two ways, chosen per batch:
 - **stacked**: the batch mixes profiles, or uses an input-conditioned gate. The fused layers add the
   low-rank term with one weight vector per example ([B, L, K]), which is exact and needs one forward
   for the whole mixed batch (the base model is the all-zero row).
+- **arrow**: stacked, with some rows routed by an Arrow profile: those rows' weights are computed per
+  token inside every fused layer from its input (`FusedModel.set_arrow`); the other rows keep theirs.
+  Arrow is never merged.
 
 Generation is a manual token loop over a left-padded batch with a KV cache, so each row keeps its own
 max_tokens, temperature/top_p, seed and stop sequences. Greedy rows give the same tokens batched as
@@ -35,8 +38,10 @@ import torch
 from mdkif.evaluation.prompts import render_passages
 from mdkif.fusion import FusedModel, FusionError, SkillBank, fuse
 from mdkif.models import load_model
+from mdkif.models.prompting import PromptFormatError, check_format, encode_text, render_messages
+from mdkif.models.tokens import end_of_turn_ids
 from mdkif.rag.types import Passage
-from mdkif.routing.router import GateRouter, load_router, pooled_prompt_state
+from mdkif.routing.router import ArrowRouter, GateRouter, load_router, pooled_prompt_state
 from mdkif.serving.config import ServeAppConfig
 from mdkif.serving.protocol import APIError
 
@@ -45,15 +50,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Profile:
-    """A served task profile: fixed weights ([K] or [L, K]) or a gate, and its retrieval settings."""
+    """A served task profile: fixed weights ([K] or [L, K]), a gate or Arrow, and its retrieval settings."""
 
     name: str | None
     weights: torch.Tensor | None = None
     gate: GateRouter | None = None
+    arrow: ArrowRouter | None = None
     rag: bool = False
     k: int = 3
-    source: str = "base"  # base | weights | router:static | router:gate
-    key: str | None = None  # merged-cache key of the fixed weights (`weights_key`); None: base or gate
+    source: str = "base"  # base | weights | router:static | router:gate | router:arrow
+    key: str | None = None  # merged-cache key of the fixed weights (`weights_key`); None: base, gate, arrow
 
 
 @dataclass
@@ -205,10 +211,9 @@ class RoutedEngine:
         for name, p in cfg.profiles.items():
             self.profiles[name] = self._profile(name, p)
         self.lock = threading.RLock()
-        eos = {self.tokenizer.eos_token_id}
-        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
-        eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        self.eos_ids = {e for e in eos if e is not None}
+        self.prompt_format = self._prompt_format(cfg.prompt_format)
+        # EOS, the generation config's EOS list and the family's end-of-turn token (<|eot_id|>, ...).
+        self.eos_ids = set(end_of_turn_ids(self.tokenizer, self.model))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         if self.cache is not None:
             self._log_cache()
@@ -257,6 +262,9 @@ class RoutedEngine:
         router.eval()
         if isinstance(router, GateRouter):
             return Profile(name, gate=router.to(self.device), rag=p.rag, k=p.k, source="router:gate")
+        if isinstance(router, ArrowRouter):
+            self.fused.build_prototypes()  # once, at start-up, not on the first request
+            return Profile(name, arrow=router, rag=p.rag, k=p.k, source="router:arrow")
         with torch.no_grad():
             w = router().detach().float()
         if w.dim() == 2 and w.shape[0] != self.fused.num_layers:
@@ -270,6 +278,25 @@ class RoutedEngine:
         return self.profiles[name]
 
     # ---- prompts --------------------------------------------------------------------------------
+    def _prompt_format(self, setting: str) -> str:
+        """The format chat messages are rendered in: the skills' own (auto), or as configured; "plain" is
+        `role: content` lines for a base without skills or chat template."""
+        if setting == "auto":
+            if self.bank is not None:
+                return self.bank.prompt_format
+            return "chat" if self.tokenizer.chat_template else "plain"
+        if self.bank is not None and setting != self.bank.prompt_format:
+            log.warning(
+                "prompt_format %s differs from the %s prompts the skills were trained on",
+                setting,
+                self.bank.prompt_format,
+            )
+        try:
+            check_format(self.tokenizer, setting)
+        except PromptFormatError as exc:
+            raise ValueError(f"serve config prompt_format: {exc}") from exc
+        return setting
+
     def render(
         self,
         *,
@@ -290,7 +317,9 @@ class RoutedEngine:
                     else len(msgs) - 1
                 )
                 msgs[last]["content"] = f"{context}\n\n{msgs[last]['content']}"
-            if self.tokenizer.chat_template:
+            if self.prompt_format == "alpaca":  # as the skills were trained (and the harness scores)
+                return encode_text(self.tokenizer, render_messages(self.tokenizer, msgs, "alpaca"))
+            if self.prompt_format == "chat":
                 ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
                 if isinstance(ids, dict) or hasattr(ids, "keys"):
                     ids = ids["input_ids"]
@@ -339,8 +368,24 @@ class RoutedEngine:
             pooled = pooled_prompt_state(self.fused, x, torch.ones_like(x))
         return profile.gate(pooled.to(next(profile.gate.parameters()).dtype))[0].float().cpu()
 
+    @torch.no_grad()
+    def arrow_weights(self, profile: Profile, ids: list[int]) -> torch.Tensor:
+        """Arrow's weights [L, K] for one prompt: per layer group, the mean over its fused linears and the
+        prompt's tokens (what `/v1/route` reports; generation routes every token on its own)."""
+        assert profile.arrow is not None and self.fused is not None and self.cache is not None
+        x = torch.tensor([ids], device=self.device)
+        record: dict[int, list[torch.Tensor]] = {}
+        with self.lock, torch.inference_mode():
+            self.cache.deactivate()
+            self.fused.set_arrow(profile.arrow.top_k, profile.arrow.temperature, record=record)
+            self.model(input_ids=x, attention_mask=torch.ones_like(x))
+        K = self.fused.num_skills
+        rows = [record.get(g) for g in range(self.fused.num_layers)]  # a group without skills: absent
+        return torch.stack([torch.stack(r).mean(0) if r else torch.zeros(K) for r in rows]).cpu()
+
     def weights_for(self, req: GenRequest) -> torch.Tensor | None:
-        """The skill weights a request gets: its profile's fixed ones, the gate's for its prompt, or None."""
+        """The skill weights a request gets: its profile's fixed ones, the gate's for its prompt, or None
+        (the base, or an Arrow profile, whose weights the fused layers compute per token)."""
         prof = self.profiles[req.profile]
         if prof.gate is not None:
             return self.gate_weights(prof, req.prompt_ids)
@@ -352,6 +397,8 @@ class RoutedEngine:
         w = None
         if prof.gate is not None:
             w = self.gate_weights(prof, ids)
+        elif prof.arrow is not None:
+            w = self.arrow_weights(prof, ids)
         elif prof.weights is not None:
             w = prof.weights
         return {
@@ -372,12 +419,13 @@ class RoutedEngine:
     # ---- generation -----------------------------------------------------------------------------
     def _plan(self, reqs: list[GenRequest]) -> tuple[str, Any]:
         """('merged', (key, weights)) when the batch shares one fixed mixture the merged cache can hold,
-        else ('stacked', [B, L, K] weights)."""
+        ('arrow', (weights, rows, top_k, temperature)) when some row is Arrow-routed, else
+        ('stacked', [B, L, K] weights)."""
         profs = [self.profiles[r.profile] for r in reqs]
-        if self.fused is None or all(p.weights is None and p.gate is None for p in profs):
+        if self.fused is None or all(p.weights is None and p.gate is None and p.arrow is None for p in profs):
             return "merged", (None, None)
         assert self.cache is not None
-        if all(p.gate is None for p in profs) and len({p.key for p in profs}) == 1:
+        if all(p.gate is None and p.arrow is None for p in profs) and len({p.key for p in profs}) == 1:
             if profs[0].key is None:  # all-zero weights: the base itself
                 return "merged", (None, None)
             if self.cache.capacity > 0:
@@ -388,7 +436,15 @@ class RoutedEngine:
             w = self.weights_for(r)
             w = torch.zeros(L, K) if w is None else w.float()
             rows.append(w.expand(L, K) if w.dim() == 1 else w)
-        return "stacked", torch.stack(rows).to(self.device)
+        weights = torch.stack(rows).to(self.device)
+        arrows = [p.arrow for p in profs]
+        if any(a is not None for a in arrows):
+            # Rows of other profiles get top_k 1 / temperature 1 only so that the settings stay valid.
+            mask = torch.tensor([a is not None for a in arrows], device=self.device)
+            top_k = torch.tensor([a.top_k if a else 1 for a in arrows], device=self.device)
+            temp = torch.tensor([a.temperature if a else 1.0 for a in arrows], device=self.device)
+            return "arrow", (weights, mask, top_k, temp)
+        return "stacked", weights
 
     def _activate(self, plan: tuple[str, Any]) -> None:
         if self.cache is None:
@@ -396,6 +452,10 @@ class RoutedEngine:
         mode, arg = plan
         if mode == "merged":
             self.cache.activate(*arg)
+        elif mode == "arrow":
+            weights, rows, top_k, temperature = arg
+            self.cache.deactivate()
+            self.fused.set_arrow(top_k, temperature, rows=rows, weights=weights)
         else:
             self.cache.deactivate()
             self.fused.set_weights(arg, per_example=True)

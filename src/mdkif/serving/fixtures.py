@@ -1,4 +1,4 @@
-"""Tiny serving artifacts for tests and the benchmark: synthetic skills, two routers, a small RAG index.
+"""Tiny serving artifacts for tests and the benchmark: synthetic skills, three routers, a small RAG index.
 
 Everything is built on the tiny random Llama in seconds, offline, and written under one folder that a
 Serve config (`serve/serve_tiny.yaml`) can point at. Building is idempotent: existing files are kept.
@@ -14,15 +14,17 @@ SKILLS = ("triage_yes", "triage_no")
 
 
 def build_tiny_artifacts(root: str | Path, rag: bool = False, rag_chunks: int = 24) -> dict[str, Path]:
-    """Write `root/adapters` (2 AdaLoRA skills), `root/router_static`, `root/router_gate` (and `root/rag`).
+    """Write `root/adapters` (2 AdaLoRA skills), `root/router_static`, `root/router_gate`, `root/router_arrow`
+    (and `root/rag`).
 
     The static router is a softmax over fixed logits (0.8/0.2 after softmax-ish scaling); the gate is a
-    randomly initialised input-conditioned router, so different prompts get different weights.
+    randomly initialised input-conditioned router, so different prompts get different weights; the Arrow
+    router (top_k 2) routes every token from the skills' own singular directions.
     """
     from mdkif.fusion import SkillBank, fuse
     from mdkif.fusion.synthetic import make_synthetic_skills
     from mdkif.models import ModelConfig, load_model
-    from mdkif.routing.router import GateRouter, SkillRouter, save_router
+    from mdkif.routing.router import ArrowRouter, GateRouter, SkillRouter, save_router
 
     root = Path(root)
     adapters = make_synthetic_skills(root / "adapters", "tiny", SKILLS, steps=12)
@@ -30,11 +32,10 @@ def build_tiny_artifacts(root: str | Path, rag: bool = False, rag_chunks: int = 
         "adapters": adapters,
         "router_static": root / "router_static",
         "router_gate": root / "router_gate",
+        "router_arrow": root / "router_arrow",
     }
-    if (
-        not (paths["router_static"] / "router.json").is_file()
-        or not (paths["router_gate"] / "router.json").is_file()
-    ):
+    routers = ("router_static", "router_gate", "router_arrow")
+    if not all((paths[r] / "router.json").is_file() for r in routers):
         bank = SkillBank.from_dir(adapters, list(SKILLS))
         loaded = load_model(ModelConfig(name="tiny"))
         fused = fuse(loaded.model, bank)
@@ -47,6 +48,7 @@ def build_tiny_artifacts(root: str | Path, rag: bool = False, rag_chunks: int = 
         with torch.no_grad():  # non-zero last layer, so the gate is not the uniform mixture everywhere
             gate.net[-1].weight.normal_(0, 0.5)
         save_router(gate, bank, fused, paths["router_gate"], {"method": "fixture"})
+        save_router(ArrowRouter(len(bank), top_k=2), bank, fused, paths["router_arrow"], {"method": "arrow"})
     if rag:
         paths["rag"] = build_tiny_index(root / "rag", rag_chunks)
     return paths

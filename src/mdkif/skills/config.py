@@ -135,6 +135,12 @@ class CommonStage(StrictModel):
     output_dir: Path = Field(description="where adapters, manifests and curves go")
     checkpoint_every: int = Field(20, ge=1, description="optimizer steps between checkpoints")
     seed: int = 0
+    prompt_format: Literal["alpaca", "chat"] = Field(
+        "alpaca",
+        description="how instruction records are shown in training (and, read from skills.json, by routers, "
+        "the task harness and Serve): alpaca = '### Instruction/Input/Response', any base; chat = one user "
+        "turn through the tokenizer's chat template, ended by its end-of-turn token (chat bases)",
+    )
     deepspeed: DeepSpeedConfig | None = None
     fault: FaultConfig | None = None
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from mdkif.data.records import SkillRecord
+from mdkif.models.prompting import encode_text, end_token_id, render_prompt
 
 IGNORE = -100
 
@@ -32,14 +33,18 @@ class Example:
     labels: list[int]
 
 
-def encode_record(tokenizer: Any, record: SkillRecord, max_length: int) -> Example:
-    """`prompt + output + EOS`, labels only on output and EOS; long prompts lose their middle."""
-    prompt = tokenizer(record.prompt(), add_special_tokens=True)["input_ids"]
-    output = tokenizer(record.output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+def encode_record(tokenizer: Any, record: SkillRecord, max_length: int, fmt: str = "alpaca") -> Example:
+    """`prompt + output + end`, labels only on output and end; long prompts lose their middle.
+
+    The prompt and the end token follow the stage's prompt format (`mdkif.models.prompting`): EOS after
+    an Alpaca prompt, the end-of-turn token after a chat-templated user turn.
+    """
+    prompt = encode_text(tokenizer, render_prompt(tokenizer, record.instruction, record.input, fmt))
+    output = tokenizer(record.output, add_special_tokens=False)["input_ids"] + [end_token_id(tokenizer, fmt)]
     output = output[: max(1, max_length // 2)] if len(prompt) + len(output) > max_length else output
     budget = max_length - len(output)
     if len(prompt) > budget:
-        # Keep the instruction's head and the "### Response:" tail; the middle of the input goes.
+        # Keep the instruction's head and the "### Response:" (or assistant header) tail; the input's middle goes.
         head = budget // 2
         prompt = prompt[:head] + prompt[len(prompt) - (budget - head) :]
     return Example(prompt + output, [IGNORE] * len(prompt) + output)

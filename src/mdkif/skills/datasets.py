@@ -32,8 +32,9 @@ def job_examples(job: dict[str, Any], tokenizer: Any) -> tuple[list[Example], li
     data, max_len = job["data"], job["optim"]["max_length"]
     if data["kind"] == "skill":
         train, val = skill_records(data)
-        enc = [encode_record(tokenizer, r, max_len) for r in train]
-        return enc, [encode_record(tokenizer, r, max_len) for r in val], records_hash(train + val)
+        fmt = job.get("prompt_format", "alpaca")
+        enc = [encode_record(tokenizer, r, max_len, fmt) for r in train]
+        return enc, [encode_record(tokenizer, r, max_len, fmt) for r in val], records_hash(train + val)
     docs = read_corpus([CorpusSource(**s) for s in data["sources"]])
     random.Random(job["seed"]).shuffle(docs)
     n_val = max(1, int(len(docs) * data["val_fraction"]))

@@ -554,6 +554,7 @@ def run_job(job: dict[str, Any], ctx: WorkerContext, data_parallel: bool) -> dic
         "job_key": job.get("job_key"),
         "base_model": job["model"]["name"],
         "adapter_kind": job["adapter"]["kind"],
+        "prompt_format": job.get("prompt_format", "alpaca"),
         "data_hash": data_hash,
         "train_examples": len(train_ex),
         "val_examples": len(val_ex),

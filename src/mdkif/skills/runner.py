@@ -43,8 +43,11 @@ def _key(job: dict[str, Any], data_hash: str) -> str:
             return {k: v for k, v in value.items() if k not in _KEY_NEUTRAL.get(name, ())}
         return value
 
+    parts = [job["model"], job["adapter"], part("optim"), job["seed"], part("deepspeed"), data_hash]
+    if job.get("prompt_format", "alpaca") != "alpaca":
+        parts.append(job["prompt_format"])  # alpaca jobs keep the keys they had before formats existed
     blob = json.dumps(
-        [job["model"], job["adapter"], part("optim"), job["seed"], part("deepspeed"), data_hash],
+        parts,
         sort_keys=True,
         default=str,
     )
@@ -62,6 +65,7 @@ def _base_job(cfg: CommonStage, name: str, out_dir: Path) -> dict[str, Any]:
         "ckpt_dir": str(out_dir.parent / ".checkpoints" / out_dir.name),
         "checkpoint_every": cfg.checkpoint_every,
         "seed": cfg.seed,
+        "prompt_format": cfg.prompt_format,
         "deepspeed": cfg.deepspeed.model_dump() if cfg.deepspeed else None,
         "fault": cfg.fault.model_dump(mode="json") if cfg.fault else None,
     }
@@ -255,6 +259,7 @@ def write_manifest(
     manifest = {
         "base_model": cfg.model.model_dump(mode="json"),
         "adapter": cfg.adapter.model_dump(mode="json"),
+        "prompt_format": cfg.prompt_format,
         "data_dir": str(resolve_path(cfg.data_dir)),
         "trainers": [{"name": name, "workers": n, "skills": _plan_skills(lc)} for lc, n, name in plans],
         "wall_seconds": seconds,
