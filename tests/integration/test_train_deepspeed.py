@@ -61,3 +61,27 @@ def test_deepspeed_zero_on_cpu_saves_real_adapter(tmp_path, stage):
         model, val, cfg.optim.batch_size, loaded.tokenizer.pad_token_id, torch.device("cpu"), torch.no_grad
     )
     assert reloaded == pytest.approx(meta["val_loss_after"], abs=1e-5)
+
+
+def test_zero3_builds_the_base_partitioned_instead_of_whole_per_rank():
+    """Before, every rank loaded the whole base and DeepSpeed partitioned it only in `initialize` (16 GB per
+    rank for an 8B bf16 base); now `from_pretrained` runs inside `deepspeed.zero.Init`."""
+    from mdkif.models import load_model
+    from mdkif.models.loading import zero3_init_active
+    from mdkif.skills.loop import zero3_loading
+
+    optim = {"batch_size": 2, "grad_accum": 1, "max_grad_norm": 1.0, "bf16": False}
+    job = {"deepspeed": {"stage": 3}, "optim": optim}
+    with zero3_loading(job, torch.device("cpu"), 1) as config:
+        assert config["zero_optimization"]["stage"] == 3 and zero3_init_active()
+        model = load_model(name="tiny").model
+        params = list(model.parameters())
+        assert params and all(hasattr(p, "ds_id") for p in params)  # ZeRO-3 parameters from construction
+        assert all(p.numel() == 0 for p in params)  # the local tensors are empty placeholders
+        assert sum(p.ds_numel for p in params) > 10_000  # the real sizes live in the partitions
+    assert not zero3_init_active()  # later loads in this process are ordinary again
+    plain = load_model(name="tiny").model
+    assert not any(hasattr(p, "ds_id") for p in plain.parameters())
+    assert all(p.numel() > 0 for p in plain.parameters())
+    with zero3_loading({"deepspeed": None, "optim": optim}, torch.device("cpu"), 1) as config:
+        assert config is None and not zero3_init_active()

@@ -364,6 +364,7 @@ def test_skills_gpu_config_is_qlora_adalora_on_gpus():
     cfg = load_stage(path)
     assert cfg.stage == "skills" and cfg.model.quantization == "nf4" and cfg.adapter.kind == "adalora"
     assert cfg.optim.gradient_checkpointing and cfg.optim.bf16 and cfg.deepspeed is None
+    assert cfg.prompt_format == "chat"  # an instruct base trains on the template it is served with
     assert cfg.ray.enabled and cfg.ray.use_gpu and cfg.ray.num_workers > 1
     own = [s for s, spec in cfg.skill_specs().items() if spec.workers > 1]
     assert own  # data-parallel trainers of their own, beside the shared one

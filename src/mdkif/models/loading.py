@@ -272,6 +272,14 @@ def resolve_source(cfg: ModelConfig) -> Path | str:
     return name  # a hub name
 
 
+def zero3_init_active() -> bool:
+    """Whether transformers will build the next model inside `deepspeed.zero.Init` (an `HfDeepSpeedConfig`
+    of stage 3 is alive: `mdkif.skills.loop.zero3_loading`), so each rank gets only its partitions."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(is_deepspeed_zero3_enabled())
+
+
 def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
     """Load the base model and tokenizer described by `cfg` (defaults: the packaged SmolLM2-135M).
 
@@ -302,6 +310,8 @@ def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
             else BitsAndBytesConfig(load_in_8bit=True)
         )
         kwargs["device_map"] = {"": str(device) if device.type == "cpu" else device.index or 0}
+    elif zero3_init_active():
+        pass  # deepspeed.zero.Init places each rank's partitions; a device_map or .to() would undo that
     elif device.type == "cuda":
         # Straight onto the GPU, shard by shard, instead of a full copy in host RAM first (16 GB for 8B bf16).
         kwargs["device_map"] = {"": device.index or 0}
@@ -313,7 +323,7 @@ def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
             f"could not load model {cfg.name!r} from {source}: {exc}. Offline? Point `model.name` at a "
             "local directory or .gguf file."
         ) from exc
-    if "device_map" not in kwargs:
+    if "device_map" not in kwargs and not zero3_init_active():
         model.to(device)
     model.eval()
     if model.generation_config is not None and model.generation_config.pad_token_id is None:

@@ -21,8 +21,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,6 +327,34 @@ def run_job(job: dict[str, Any], ctx: WorkerContext, data_parallel: bool) -> dic
     With `data_parallel`, all ranks of `ctx` train the same job, each on its stride of the data, with
     DDP (or DeepSpeed) averaging gradients; rank 0 writes checkpoints and the final adapter.
     """
+    with zero3_loading(job, ctx.device, ctx.world if data_parallel else 1):
+        return _train(job, ctx, data_parallel)
+
+
+@contextmanager
+def zero3_loading(job: dict[str, Any], device: torch.device, world: int) -> Iterator[dict[str, Any] | None]:
+    """Under ZeRO-3, the base is built partitioned: transformers' `from_pretrained` runs inside
+    `deepspeed.zero.Init` while an `HfDeepSpeedConfig` is alive, so no rank ever holds the whole model
+    (16 GB per rank for an 8B bf16 base, before). Yields the DeepSpeed config, or None for other jobs;
+    the global config is dropped on the way out so later loads in this process are ordinary again."""
+    ds = job.get("deepspeed")
+    if ds is None or ds["stage"] != 3:
+        yield None
+        return
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    if not torch.distributed.is_initialized():
+        _init_single_process_group(device)
+    config = deepspeed_config(job["optim"], ds, world, autocast_dtype(device, job["optim"]["bf16"]))
+    keep_alive = HfDeepSpeedConfig(config)  # transformers holds only a weak reference
+    try:
+        yield config
+    finally:
+        del keep_alive
+        unset_hf_deepspeed_config()
+
+
+def _train(job: dict[str, Any], ctx: WorkerContext, data_parallel: bool) -> dict[str, Any]:
     from mdkif.models import ModelConfig, load_model
 
     done = finished(job)
