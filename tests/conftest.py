@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (set MDKIF_SHARED_DATA)")
     return SHARED_DATA
+
+
+def pytest_configure(config):
+    # Stage runs record to MLflow by default (runs/mlruns); tests (and the CLI and cluster subprocesses they
+    # start) write to a throwaway store instead. A test that reads runs back sets its own.
+    store = Path(tempfile.mkdtemp(prefix="mdkif-mlruns-"))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
 
 
 def pytest_collection_modifyitems(config, items):

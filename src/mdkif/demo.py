@@ -27,6 +27,7 @@ from pydantic import Field
 
 from mdkif.config import StrictModel, apply_overrides, validate
 from mdkif.models import DEFAULT_MODEL
+from mdkif.tracking import TrackingConfig, parent_run, stage_run
 
 REPO_HINT = "run `mdkif demo` from the repository root (it reads the shipped stage configs)"
 PACKAGE = Path(__file__).resolve().parent
@@ -52,6 +53,9 @@ class DemoConfig(StrictModel):
     eval_items: int = Field(60, ge=5, description="PubMedQA items evaluated per variant")
     rag_k: int = Field(3, ge=1)
     serve: bool = True
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="one parent run for the demo, a child per stage"
+    )
 
 
 def stage(name: str) -> None:
@@ -308,27 +312,40 @@ def serve_demo(cfg: DemoConfig, port: int = 8000) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Run every stage in order and return where each one wrote its output."""
+    """Run every stage in order and return where each one wrote its output.
+
+    Stages 1-5 are one MLflow parent run (`demo`) with a child run per stage; it is finished before
+    serving starts, so the store is complete while the server runs."""
+    from mdkif.data.build import track_data
+
     start = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     source, items = task_items(cfg)
     print(f"MDKIF demo -> {cfg.out}  (model {cfg.model}; unseen task: PubMedQA from {source})")
 
-    stage("1/6 skill data")
-    data_dir = build_data(cfg, items)
-    stage("2/6 train 12 skills (AdaLoRA, Ray Train)")
-    adapters = train_skills(cfg, data_dir)
-    stage("3/6 RAG index (Chroma)")
-    index = build_rag(cfg)
-    stage("4/6 router for the unseen task (CMA-ES)")
-    router = fit_router(cfg, adapters, items)
-    stage("5/6 evaluation: base / RAG / skills+router / skills+router+RAG")
-    summary = evaluate(cfg, source, adapters, router, index)
-    report = cfg.out / "eval" / "report.md"
-    if report.is_file():
-        print(report.read_text())
-    print(f"report: {report}  chart: {cfg.out / 'eval' / 'accuracy.png'}")
-    print(f"demo stages finished in {time.perf_counter() - start:.0f} s")
+    with parent_run(cfg.tracking, "demo") as parent:
+        parent.params(cfg.model_dump(mode="json", exclude={"tracking"}))
+        stage("1/6 skill data")
+        with stage_run(cfg.tracking, "data") as run:
+            data_dir = build_data(cfg, items)
+            track_data(run, data_dir)
+        stage("2/6 train 12 skills (AdaLoRA, Ray Train)")
+        adapters = train_skills(cfg, data_dir)
+        stage("3/6 RAG index (Chroma)")
+        index = build_rag(cfg)
+        stage("4/6 router for the unseen task (CMA-ES)")
+        router = fit_router(cfg, adapters, items)
+        stage("5/6 evaluation: base / RAG / skills+router / skills+router+RAG")
+        summary = evaluate(cfg, source, adapters, router, index)
+        report = cfg.out / "eval" / "report.md"
+        if report.is_file():
+            print(report.read_text())
+        print(f"report: {report}  chart: {cfg.out / 'eval' / 'accuracy.png'}")
+        seconds = time.perf_counter() - start
+        parent.metrics({"seconds": seconds})
+        print(f"demo stages finished in {seconds:.0f} s")
+    if parent.active:
+        print(f"MLflow: run {parent.run_id} at {parent.uri}  (README: opening the tracking store)")
     if cfg.serve:
         stage("6/6 serve (Ray Serve, OpenAI-compatible API)")
         serve_demo(cfg)

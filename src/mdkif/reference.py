@@ -29,6 +29,7 @@ import typer
 from pydantic import Field, model_validator
 
 from mdkif.config import StrictModel, load_config
+from mdkif.tracking import Run, TrackingConfig, parent_run, stage_run
 
 DEFAULT_CONFIG = Path("bench/reference.yaml")
 
@@ -78,6 +79,9 @@ class ReferenceConfig(StrictModel):
     num_workers: int = Field(2, ge=1, description="evaluation actors")
     shard_size: int = Field(25, ge=1)
     seed: int = 0
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="one parent run, a child per stage and task"
+    )
 
     def label_loss(self, task: str) -> bool:
         """Whether `task`'s routers are fitted on the label objective (a classification task under 'label')."""
@@ -351,30 +355,55 @@ def evaluate(cfg: ReferenceConfig, adapters: Path, fits: dict[str, dict[str, Any
 
 def run_reference(cfg: ReferenceConfig, command: str) -> dict[str, Any]:
     """Every stage in order; writes the results folder and returns its table."""
+    from mdkif.data.build import track_data
     from mdkif.reference_report import write_results
 
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    stage("1/5 skill data without the tasks' held-out items")
-    data_dir = build_data(cfg)
-    times["data"] = time.perf_counter() - t0
-    stage("2/5 train 12 skills (AdaLoRA, Ray Train)")
-    t = time.perf_counter()
-    adapters = train_skills(cfg, data_dir)
-    times["skills"] = time.perf_counter() - t
-    stage("3/5 routers per task (train split: gradient; CMA-ES k)")
-    t = time.perf_counter()
-    fits = fit_routers(cfg, adapters)
-    times["routers"] = time.perf_counter() - t
-    stage("4/5 evaluation on the test splits (paired against base)")
-    t = time.perf_counter()
-    summaries = evaluate(cfg, adapters, fits)
-    times["eval"] = time.perf_counter() - t
-    stage("5/5 results")
-    times["total"] = time.perf_counter() - t0
-    out = write_results(cfg, adapters, fits, summaries, command=command, times=times)
+    with parent_run(cfg.tracking, "reference") as parent:
+        parent.params({"command": command} | cfg.model_dump(mode="json", exclude={"tracking"}))
+        stage("1/5 skill data without the tasks' held-out items")
+        with stage_run(cfg.tracking, "data") as run:
+            data_dir = build_data(cfg)
+            track_data(run, data_dir)
+        times["data"] = time.perf_counter() - t0
+        stage("2/5 train 12 skills (AdaLoRA, Ray Train)")
+        t = time.perf_counter()
+        adapters = train_skills(cfg, data_dir)
+        times["skills"] = time.perf_counter() - t
+        stage("3/5 routers per task (train split: gradient; CMA-ES k)")
+        t = time.perf_counter()
+        with stage_run(cfg.tracking, "routers") as run:
+            fits = fit_routers(cfg, adapters)
+            track_fits(run, fits)
+        times["routers"] = time.perf_counter() - t
+        stage("4/5 evaluation on the test splits (paired against base)")
+        t = time.perf_counter()
+        summaries = evaluate(cfg, adapters, fits)
+        times["eval"] = time.perf_counter() - t
+        stage("5/5 results")
+        times["total"] = time.perf_counter() - t0
+        out = write_results(cfg, adapters, fits, summaries, command=command, times=times)
+        parent.metrics({f"seconds/{k}": v for k, v in times.items()})
+        for f in sorted(cfg.results.glob("reference.*")) + sorted(cfg.results.glob("*.png")):
+            parent.artifact(f)
     print((cfg.results / "reference.md").read_text())
     return out
+
+
+def track_fits(run: Run, fits: dict[str, dict[str, Any]]) -> None:
+    """Per task and router: the objective per step / CMA-ES generation, the final loss and the weights."""
+    for task, fit in fits.items():
+        run.metrics(
+            {f"{task}/loss_base": fit.get("loss_base"), f"{task}/loss_uniform": fit.get("loss_uniform")}
+        )
+        run.params({f"{task}/best_single_skill": fit.get("best_single_skill")})
+        for key, info in fit["routers"].items():
+            run.series(f"{task}/{key}/objective", info.get("history") or [])
+            run.metrics(
+                {f"{task}/{key}/fit_loss": info["fit_loss"], f"{task}/{key}/evaluations": info["evaluations"]}
+            )
+            run.metrics({f"{task}/{key}/weight/{n}": w for n, w in info["weights"].items()})
 
 
 def reference_command(

@@ -19,7 +19,8 @@ def no_ray_leak():
         ray.shutdown()
 
 
-def test_tune_router_search_with_cmaes_improves(tmp_path, no_ray_leak):
+def test_tune_router_search_with_cmaes_improves(tmp_path, no_ray_leak, monkeypatch):
+    from mlflow.tracking import MlflowClient
     from typer.testing import CliRunner
 
     from mdkif.cli import app
@@ -42,6 +43,8 @@ def test_tune_router_search_with_cmaes_improves(tmp_path, no_ray_leak):
         "  router.temperature: {type: loguniform, low: 0.1, high: 10.0}\n"
         f"output: {tmp_path / 'out'}\n"
     )
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     result = CliRunner().invoke(app, ["tune", str(cfg)])
     assert result.exit_code == 0, result.output
     best = json.loads((tmp_path / "out" / "best.json").read_text())
@@ -51,3 +54,15 @@ def test_tune_router_search_with_cmaes_improves(tmp_path, no_ray_leak):
     first = min(rows, key=lambda r: int(r["launch"]))
     assert float(first["config.gradient.lr"]) == 0.002 and float(first["val_loss"]) == best["first"]
     assert (tmp_path / "out" / "results.csv").read_text().count("\n") == 7
+    # MLflow: the search is one run; Ray's callback wrote each trial as its child, with its settings and
+    # the metrics it reported; the trials themselves open no stage runs.
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("mdkif").experiment_id])
+    search = [r for r in runs if r.data.tags.get("mdkif.stage") == "tune"]
+    assert len(search) == 1 and search[0].data.metrics["best"] == best["best"]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == search[0].info.run_id]
+    assert len(trials) == 6 and len(runs) == 7
+    assert {float(r.data.params["gradient/lr"]) for r in trials} == {
+        float(r["config.gradient.lr"]) for r in rows
+    }
+    assert min(r.data.metrics["val_loss"] for r in trials) == pytest.approx(best["best"])

@@ -33,6 +33,7 @@ from mdkif.data.builders.base import BuildContext
 from mdkif.data.errors import DataError
 from mdkif.data.exclusions import load_exclusions
 from mdkif.data.records import SKILLS, SkillRecord
+from mdkif.tracking import Run
 
 SPLITS = ("train", "validation")
 MANIFEST = "manifest.json"
@@ -309,3 +310,22 @@ def _replace_dir(new: Path, out: Path) -> None:
     os.replace(out, old / "data")
     os.replace(new, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def track_data(run: Run, out_dir: str | Path) -> None:
+    """Log a built skill-data folder to a stage run: its settings, records per skill and split, what was
+    excluded or skipped, and the manifest itself."""
+    if not run.active:
+        return
+    manifest = load_manifest(out_dir)
+    run.params(
+        {"data_dir": str(Path(out_dir).resolve()), "seed": manifest.seed, "settings": manifest.settings}
+    )
+    counts = {
+        f"{skill}/{split}": n for skill, c in manifest.skills.items() for split, n in c.model_dump().items()
+    }
+    run.metrics(
+        counts
+        | {"duplicates": manifest.duplicates, "excluded": manifest.excluded, "bad_rows": manifest.bad_rows}
+    )
+    run.artifact(Path(out_dir) / "manifest.json")

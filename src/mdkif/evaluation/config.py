@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from mdkif.config import StrictModel
 from mdkif.models import ModelConfig
+from mdkif.tracking import TrackingConfig
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -219,6 +220,7 @@ class EvalConfig(StrictModel):
     use_ray: bool = Field(True, description="false: score in this process (debugging, fast tests)")
     bootstrap_resamples: int = Field(1000, ge=100)
     seed: int = Field(0, description="bootstrap seed")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _unique_and_fewshot(self) -> EvalConfig:

@@ -39,6 +39,7 @@ from mdkif.evaluation.config import (
 from mdkif.evaluation.fewshot import load_shots
 from mdkif.evaluation.report import build_summary, write_reports
 from mdkif.evaluation.worker import EvalError, ShardTask, ShardWorker, import_factory
+from mdkif.tracking import Run, stage_run
 
 
 @dataclass
@@ -322,7 +323,33 @@ def _check_factories(variants: Iterable[VariantConfig]) -> None:
 
 
 def run_eval(cfg: EvalConfig, *, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the whole matrix described by `cfg` and write every output; returns the summary dict."""
+    """Run the whole matrix described by `cfg` and write every output; returns the summary dict.
+
+    The stage's MLflow run gets each variant's settings, every (variant, column) metric with its interval,
+    the paired differences against the references, and summary.json, report.md and the chart."""
+    with stage_run(cfg.tracking, "eval", f"eval:{cfg.out.name}") as run:
+        summary = _run_eval(cfg, limit, progress)
+        if run.active:
+            track_summary(run, summary, cfg.out)
+    return summary
+
+
+def track_summary(run: Run, summary: dict[str, Any], out: Path) -> None:
+    """Metrics as `variant/column/metric` and `variant-vs-reference/column/field`; the reports as artifacts."""
+    run.params({"variants": ",".join(summary["variants"]), "columns": ",".join(summary["benchmarks"])})
+    run.params({f"method/{k}": v for k, v in summary.get("methods", {}).items()})
+    for r in summary["results"]:
+        run.metrics({f"{r['variant']}/{r['benchmark']}/{k}": v for k, v in r.items()})
+    for p in summary.get("paired", []):
+        key = f"{p['variant']}-vs-{p['reference']}/{p['benchmark']}"
+        run.metrics({f"{key}/{k}": v for k, v in p.items()})
+    for name in ("summary.json", "report.md"):
+        run.artifact(out / name)
+    for chart in sorted(out.glob("*.png")):
+        run.artifact(chart)
+
+
+def _run_eval(cfg: EvalConfig, limit: int | None, progress: bool) -> dict[str, Any]:
     _check_factories(cfg.variants)
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_atomic(cfg.out / "config.json", cfg.model_dump_json(indent=2) + "\n")

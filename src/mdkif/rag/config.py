@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from mdkif.config import StrictModel
+from mdkif.tracking import TrackingConfig
 
 CorpusKind = Literal["medquad", "pubmedqa", "wikidoc", "folder"]
 
@@ -91,6 +92,7 @@ class RagIndexConfig(StrictModel):
     )
     max_chunks: int | None = Field(None, ge=1, description="Stop after N new chunks (smoke runs, tests).")
     bm25: bool = Field(True, description="Also write the BM25 cache used by hybrid retrieval.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def fingerprint(self) -> str:
         """Hash of the settings that decide the index's content, stored in the manifest."""

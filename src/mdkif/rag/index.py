@@ -29,6 +29,7 @@ from mdkif.rag.corpora import read_corpus
 from mdkif.rag.embedder import Embedder
 from mdkif.rag.lexical import BM25Index
 from mdkif.rag.store import MANIFEST, bm25_path, existing_ids, open_client, open_collection, read_all
+from mdkif.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,36 @@ def build_bm25(collection: Any, persist_dir: Path, name: str) -> BM25Index:
 
 
 def build_index(cfg: RagIndexConfig, progress: bool = False) -> BuildReport:
-    """Build or extend `cfg.collection` under `cfg.persist_dir`; safe to re-run and to resume."""
+    """Build or extend `cfg.collection` under `cfg.persist_dir`; safe to re-run and to resume. The stage's
+    MLflow run gets the chunking and embedder settings, the counts per source and the manifest."""
+    with stage_run(cfg.tracking, "rag") as run:
+        report = _build_index(cfg, progress)
+        if run.active:
+            run.params(
+                {
+                    "collection": cfg.collection,
+                    "config_hash": cfg.fingerprint(),
+                    "chunking": cfg.chunking.model_dump(mode="json"),
+                    "embedder": cfg.embedder.model_dump(mode="json"),
+                    "corpora": ",".join(s.source for s in cfg.corpora),
+                }
+            )
+            run.metrics(
+                {
+                    "chunks": report.chunks,
+                    "added": report.added,
+                    "skipped": report.skipped,
+                    "total": report.total,
+                    "seconds": report.seconds,
+                    "chunks_per_second": report.chunks_per_second,
+                }
+                | {f"chunks/{k}": v for k, v in report.per_source.items()}
+            )
+            run.artifact(Path(cfg.persist_dir) / MANIFEST)
+    return report
+
+
+def _build_index(cfg: RagIndexConfig, progress: bool) -> BuildReport:
     start = time.perf_counter()
     chunks = collect_chunks(cfg)
     per_source: dict[str, int] = {}

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from mdkif.config import StrictModel
 from mdkif.models import ModelConfig
+from mdkif.tracking import TrackingConfig
 
 
 class SkillsSource(StrictModel):
@@ -121,6 +122,7 @@ class RouteConfig(StrictModel):
     )
     cmaes: CmaesSettings = Field(default_factory=CmaesSettings)
     output: Path = Field(Path("runs/router"), description="artifact folder: router.json + router.safetensors")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> RouteConfig:

@@ -48,6 +48,7 @@ from mdkif.routing.config import (
 )
 from mdkif.routing.data import TaskExample, encode
 from mdkif.routing.fit import task_loss
+from mdkif.tracking import TrackingConfig, parent_run
 
 
 class UnseenTask(StrictModel):
@@ -83,6 +84,9 @@ class ExperimentConfig(StrictModel):
     shard_size: int = Field(25, ge=1)
     use_ray: bool = Field(True, description="false: evaluate in this process")
     output: Path = Path("runs/unseen")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="one parent run; each task's evaluation a child"
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> ExperimentConfig:
@@ -124,7 +128,21 @@ def split_task(task: UnseenTask, n_test: int, max_k: int, seed: int) -> tuple[li
 
 
 def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, Any]:
-    """Fit every (task, k) router, evaluate every task's variants with the harness; write the table."""
+    """Fit every (task, k) router, evaluate every task's variants with the harness; write the table.
+    One MLflow parent run (`unseen-task`) holds the table; each task's evaluation is a child run."""
+    with parent_run(cfg.tracking, "unseen-task") as parent:
+        parent.params(cfg.model_dump(mode="json", exclude={"tracking", "tasks"}))
+        result = _run_experiment(cfg, progress)
+        for row in result["rows"]:
+            for variant in ("base", "uniform", "best_single", "routed", "arrow"):
+                if variant in row:
+                    parent.metrics({f"{row['task']}/k{row['k']}/{variant}": row[variant]["accuracy"]})
+        for f in sorted(Path(cfg.output).glob("*.md")) + sorted(Path(cfg.output).glob("*.png")):
+            parent.artifact(f)
+    return result
+
+
+def _run_experiment(cfg: ExperimentConfig, progress: bool) -> dict[str, Any]:
     from mdkif.evaluation.config import EvalConfig
     from mdkif.evaluation.runner import run_eval
     from mdkif.routing.pipeline import build_fused, fit_router

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from mdkif.routing.config import RouteConfig
 from mdkif.routing.data import encode, load_examples, split_examples
 from mdkif.routing.fit import FitResult, fit_cmaes, fit_gate, fit_gradient, task_loss
 from mdkif.routing.router import ArrowRouter, GateRouter, SkillRouter, save_router
+from mdkif.tracking import Run, stage_run
 
 
 def build_fused(cfg: RouteConfig) -> tuple[FusedModel, Any, SkillBank]:
@@ -90,13 +92,43 @@ def fit_router(
 
 
 def run_route(cfg: RouteConfig, save: bool = True) -> dict[str, Any]:
-    """Fit the router `cfg` describes, score it on held-out examples against base and uniform, save it."""
+    """Fit the router `cfg` describes, score it on held-out examples against base and uniform, save it.
+
+    A saved fit is one MLflow run (settings, the objective per step or CMA-ES generation, held-out losses,
+    final weights per skill, the artifact); an unsaved one (a Tune trial) is tracked by Tune's callback.
+    """
+    with stage_run(cfg.tracking if save else None, "route", f"route:{cfg.output.name}") as run:
+        summary, history, names = _route(cfg, save)
+        if run.active:
+            _track_route(run, cfg, summary, history, names)
+    return summary
+
+
+def _track_route(
+    run: Run, cfg: RouteConfig, summary: dict[str, Any], history: list[float], names: list[str]
+) -> None:
+    run.params(
+        cfg.model_dump(mode="json", include={"method", "router", "regularizer", "model", "task"})
+        | {cfg.method: getattr(cfg, cfg.method).model_dump(mode="json")}
+        | {"skills": ",".join(names)}
+    )
+    run.series("objective", history)
+    run.metrics({k: v for k, v in summary.items() if k != "weights" and k != "seed"})
+    if summary.get("weights") is not None:
+        mean = torch.tensor(summary["weights"]).reshape(-1, len(names)).mean(0).tolist()
+        run.metrics({f"weight/{n}": w for n, w in zip(names, mean, strict=True)})
+    if summary.get("artifact"):
+        run.artifact(Path(summary["artifact"]).parent, "router")  # router.json + router.safetensors
+
+
+def _route(cfg: RouteConfig, save: bool) -> tuple[dict[str, Any], list[float], list[str]]:
     start = time.perf_counter()
     fused, tok, bank = build_fused(cfg)
     t = cfg.task
     if t is None:  # arrow without task data: nothing to fit or score, only the artifact to write
         router, _ = fit_router(cfg, fused, None)
-        return _save(cfg, router, bank, fused, {"method": cfg.method, "task": None}, save, start)
+        summary = {"method": cfg.method, "task": None}
+        return _save(cfg, router, bank, fused, summary, save, start), [], bank.names
     # MCQ items are rendered in the skills' prompt format (JSONL prompts are used as written).
     examples = load_examples(t.source, t.split, t.limit, t.data_root, tok, bank.prompt_format)
     train_ex, val_ex = split_examples(examples, t.k, t.n_val, t.seed)
@@ -116,7 +148,7 @@ def run_route(cfg: RouteConfig, save: bool = True) -> dict[str, Any]:
         "val_loss_uniform": task_loss(fused, uniform, val),
         "seconds": round(time.perf_counter() - start, 2),
     }
-    return _save(cfg, router, bank, fused, summary, save, start)
+    return _save(cfg, router, bank, fused, summary, save, start), list(res.history), bank.names
 
 
 def _save(

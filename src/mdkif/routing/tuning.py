@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from mdkif.config import StrictModel, apply_overrides, load_yaml, validate
+from mdkif.tracking import PARENT_TAG, STAGE_TAG, TrackingConfig, ensure_experiment, stage_run
 
 
 class SearchDim(StrictModel):
@@ -109,6 +110,9 @@ class SearchConfig(StrictModel):
     ray_address: str | None = Field(None, description="None starts (or joins) a local Ray")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started here")
     output: Path = Field(Path("runs/tune"), description="results.csv, best.json and Ray's own files")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="the search's run; each trial is a child (Ray's callback)"
+    )
 
     @model_validator(mode="after")
     def _kind(self) -> SearchConfig:
@@ -233,7 +237,43 @@ def make_searcher(cfg: SearchConfig) -> Any:
 
 
 def run_tune(cfg: SearchConfig) -> dict[str, Any]:
-    """Run the search `cfg` describes on Ray Tune; write results.csv and best.json; return the summary."""
+    """Run the search `cfg` describes on Ray Tune; write results.csv and best.json; return the summary.
+
+    The search is one MLflow run (its space, best value and config, results.csv); each trial is a child
+    run written by Ray's own `MLflowLoggerCallback` (the trial's settings and reported metrics)."""
+    with stage_run(cfg.tracking, "tune", f"tune-{cfg.kind}") as run:
+        callbacks = []
+        if run.active:
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            uri, experiment = ensure_experiment(cfg.tracking)
+            callbacks.append(
+                MLflowLoggerCallback(
+                    tracking_uri=uri,
+                    experiment_name=experiment,
+                    tags={PARENT_TAG: run.run_id, STAGE_TAG: "tune-trial"},
+                )
+            )
+            run.params(
+                {
+                    "kind": cfg.kind,
+                    "base": str(cfg.base),
+                    "searcher": cfg.searcher.name,
+                    "metric": cfg.metric,
+                    "mode": cfg.mode,
+                    "num_samples": cfg.num_samples,
+                    "space": {k: v.model_dump(mode="json") for k, v in cfg.space.items()},
+                }
+            )
+        summary = _run_tune(cfg, callbacks)
+        run.metrics({k: summary[k] for k in ("trials", "errors", "first", "best", "seconds")})
+        run.params({"best_config": summary["best_config"] or {}})
+        run.artifact(summary["results"])
+        run.artifact(Path(summary["results"]).with_name("best.json"))
+    return summary
+
+
+def _run_tune(cfg: SearchConfig, callbacks: list[Any]) -> dict[str, Any]:
     import ray
     from ray import tune
 
@@ -244,6 +284,7 @@ def run_tune(cfg: SearchConfig) -> dict[str, Any]:
         from mdkif.skills.config import SkillsStage as schema
     base = apply_overrides(load_yaml(cfg.base), cfg.base_overrides, origin=f"{cfg.base}: ")
     validate(schema, base, str(cfg.base))  # fail before Ray starts
+    base["tracking"] = {"enabled": False}  # a trial's own run is the callback's, not a stage run
     if cfg.kind == "router":
         trainable = tune.with_resources(
             tune.with_parameters(router_trial, base=base), {"cpu": cfg.cpus_per_trial}
@@ -278,7 +319,9 @@ def run_tune(cfg: SearchConfig) -> dict[str, Any]:
                 num_samples=cfg.num_samples,
                 max_concurrent_trials=cfg.max_concurrent,
             ),
-            run_config=tune.RunConfig(name=f"{cfg.kind}-search", storage_path=str(out / "ray"), verbose=0),
+            run_config=tune.RunConfig(
+                name=f"{cfg.kind}-search", storage_path=str(out / "ray"), verbose=0, callbacks=callbacks
+            ),
         )
         grid = tuner.fit()
     finally:

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from mdkif.config import StrictModel
 from mdkif.data.records import SKILLS
 from mdkif.models.config import ModelConfig
+from mdkif.tracking import TrackingConfig
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,6 +144,7 @@ class CommonStage(StrictModel):
     )
     deepspeed: DeepSpeedConfig | None = None
     fault: FaultConfig | None = None
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _deepspeed_lora(self) -> CommonStage:

@@ -296,6 +296,16 @@ def adalora_ranks(peft_model: Any) -> dict[str, int]:
     return ranks
 
 
+def total_rank(peft_model: Any) -> int:
+    """Sum of the AdaLoRA layers' ranks now, with one device sync."""
+    counts = [
+        (m.lora_E["default"].detach() != 0).sum()
+        for m in peft_model.modules()
+        if hasattr(m, "lora_E") and "default" in getattr(m, "lora_E", {})
+    ]
+    return int(torch.stack(counts).sum()) if counts else 0
+
+
 def _maybe_fault(job: dict[str, Any], ctx: WorkerContext, step: int) -> None:
     fault = job.get("fault")
     if fault and step == fault["kill_at_step"] and ctx.rank == fault.get("rank", 0):
@@ -564,9 +574,10 @@ def _train(job: dict[str, Any], ctx: WorkerContext, data_parallel: bool) -> dict
             "step_cpu_seconds": cpu,  # all threads of this process: robust to other load on the machine
             "rank": ctx.rank,
         }
-        history.append(
-            {k: record[k] for k in ("step", "loss", "lr", "tokens", "step_seconds", "step_cpu_seconds")}
-        )
+        kept = ("step", "loss", "lr", "tokens", "step_seconds", "step_cpu_seconds")
+        history.append({k: record[k] for k in kept})
+        if is_adalora:  # the budget the allocator has left at this step (the tracked rank curve)
+            history[-1]["adalora_rank"] = total_rank(peft_model)
         if step % job["checkpoint_every"] == 0 or step == steps:
             checkpoint(step)
         r0 = time.perf_counter()

@@ -23,6 +23,7 @@ from mdkif.skills.config import CommonStage, CptStage, PipelineStage, SftStage, 
 from mdkif.skills.data import records_hash, total_steps
 from mdkif.skills.devices import scaling_config
 from mdkif.skills.loop import METRICS, finished, train_loop_per_worker
+from mdkif.tracking import Run, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,54 @@ class _RaySession:
 
 
 def run_skills(cfg: SkillsStage) -> dict[str, Any]:
-    """Train every skill of `cfg` (skipping finished ones) and write skills.json and loss curves."""
+    """Train every skill of `cfg` (skipping finished ones) and write skills.json and loss curves; the
+    stage's MLflow run gets the settings, each skill's curves and the bank as artifacts."""
+    with stage_run(cfg.tracking, "skills") as run:
+        manifest = _train_skills(cfg)
+        track_training(run, cfg, {k: v["adapter_dir"] for k, v in _trained(manifest).items()})
+        run.metrics({"wall_seconds": manifest["wall_seconds"], "skills_trained": len(_trained(manifest))})
+        run.artifact(Path(cfg.output_dir) / MANIFEST)
+        run.artifact(Path(cfg.output_dir) / "loss_curves.png")
+    return manifest
+
+
+def _trained(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in manifest["skills"].items() if v.get("status") == "trained"}
+
+
+def track_training(run: Run, cfg: CommonStage, adapters: dict[str, str], prefix: str = "") -> None:
+    """Log a training stage: its settings once, then per adapter (name -> folder with its metrics) the
+    loss, lr and AdaLoRA-rank curves by step, validation losses and final ranks, and the adapter itself."""
+    if not run.active:
+        return
+    run.params(
+        {
+            f"{prefix}model": cfg.model.model_dump(mode="json"),
+            f"{prefix}adapter": cfg.adapter.model_dump(mode="json"),
+            f"{prefix}optim": cfg.optim.model_dump(mode="json"),
+            f"{prefix}seed": cfg.seed,
+            f"{prefix}prompt_format": cfg.prompt_format,
+            f"{prefix}deepspeed": cfg.deepspeed.model_dump() if cfg.deepspeed else None,
+        }
+    )
+    for name, folder in adapters.items():
+        meta = json.loads((Path(folder) / METRICS).read_text())
+        history = meta["history"]
+        steps = [h["step"] for h in history]
+        for key in ("loss", "lr", "adalora_rank"):
+            if history and all(key in h for h in history):
+                run.series(f"{name}/{key}", [h[key] for h in history], steps)
+        run.metrics(
+            {
+                f"{name}/{k}": meta.get(k)
+                for k in ("val_loss_before", "val_loss_after", "final_train_loss", "total_rank", "steps")
+            }
+            | {f"{name}/train_examples": meta.get("train_examples"), f"{name}/tokens": meta.get("tokens")}
+        )
+        run.artifact(folder, f"adapters/{name}")
+
+
+def _train_skills(cfg: SkillsStage) -> dict[str, Any]:
     start = time.perf_counter()
     jobs, left_out = skill_jobs(cfg)
     todo = [j for j in jobs if finished(j) is None]
@@ -363,7 +411,10 @@ def run_stage(cfg: CptStage | SftStage) -> dict[str, Any]:
         getattr(cfg, "corpus", None),
         getattr(cfg, "data", None),
     )
-    return _run_single(cfg, job)
+    with stage_run(cfg.tracking, cfg.stage) as run:
+        meta = _run_single(cfg, job)
+        track_training(run, cfg, {cfg.stage: job["out_dir"]})
+    return meta
 
 
 def merge_adapter(base: dict[str, Any], adapter_dir: Path, out_dir: Path) -> Path:
@@ -390,6 +441,13 @@ def merge_adapter(base: dict[str, Any], adapter_dir: Path, out_dir: Path) -> Pat
 
 def run_pipeline(cfg: PipelineStage) -> dict[str, Any]:
     """CPT -> SFT -> task adaptation: each step trains an adapter on the previous step's merged model."""
+    with stage_run(cfg.tracking, "pipeline") as run:
+        report = _run_pipeline(cfg, run)
+        run.artifact(Path(cfg.output_dir) / "pipeline.json")
+    return report
+
+
+def _run_pipeline(cfg: PipelineStage, run: Run) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     model = cfg.model.model_dump(mode="json")
     report: dict[str, Any] = {"base_model": model["name"], "steps": []}
@@ -403,6 +461,7 @@ def run_pipeline(cfg: PipelineStage) -> dict[str, Any]:
         )
         job = stage_job(step_cfg, step.name, out / step.name / "adapter", step.stage, step.corpus, step.data)
         meta = _run_single(step_cfg, job)
+        track_training(run, step_cfg, {step.name: job["out_dir"]}, prefix=f"{step.name}.")
         merged = merge_adapter(model, Path(job["out_dir"]), out / step.name / "merged")
         report["steps"].append(
             {
