@@ -15,15 +15,13 @@ tokens. Writes bench/results/answer_loss.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from _harness import RESULTS, Figure, write_results  # bench/ is sys.path[0] when a benchmark runs
 
 
 class FullLogits:
@@ -34,6 +32,31 @@ class FullLogits:
 
     def __call__(self, **kw):
         return self._fused(**kw)
+
+
+def figures(d: dict) -> list[Figure]:
+    """The rows bench/summary.py tabulates (each against its same-run baseline)."""
+    s = d["seconds"]
+    return [
+        Figure(
+            "fusion",
+            f"router task loss, LM head on answer positions (k={d['batch'][0]})",
+            s["kept"],
+            s["full"],
+            "full logits, same fused model and batch",
+            "s",
+        ),
+        Figure(
+            "fusion",
+            f"CMA-ES candidate on a real task ({Path(d['task']).stem} k={d['batch'][0]}), shipped",
+            s["kept"],
+            s["naive"],
+            "peft re-merge per candidate + model(labels=...)",
+            "s",
+            "<= 0.2 (5x cheaper)",
+            s["naive"] >= 5 * s["kept"],
+        ),
+    ]
 
 
 def main() -> None:
@@ -104,8 +127,6 @@ def main() -> None:
         "abs_loss_diff": abs(losses["full"] - losses["kept"]),
         "abs_loss_diff_naive": abs(losses["naive"] - losses["kept"]),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "answer_loss.json").write_text(json.dumps(result, indent=2) + "\n")
     md = (
         f"# CMA-ES candidate on a real task: naive re-merge vs fused ({args.model}, {len(bank)} skills, "
         f"{Path(args.task).name} k={args.k}, batch {tuple(batch.input_ids.shape)}, {targets} target tokens, "
@@ -120,7 +141,7 @@ def main() -> None:
         f"{result['abs_loss_diff']:.1e}). Shipped candidate vs the naive one: **{result['candidate_vs_naive']:.2f}x** "
         f"(loss difference {result['abs_loss_diff_naive']:.1e}: merged and stacked fusion agree).\n"
     )
-    (RESULTS / "answer_loss.md").write_text(md)
+    write_results("answer_loss", result, md, figures(result), results=RESULTS)
     print(md)
 
 

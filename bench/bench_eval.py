@@ -10,13 +10,13 @@ ratio is the price of generation. The model is loaded and warmed up once before 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+from _harness import RESULTS, Figure, write_results  # bench/ is sys.path[0] when a benchmark runs
 
 from mdkif.data.mcq import load_benchmark
 from mdkif.evaluation.config import ScoringConfig
@@ -25,13 +25,27 @@ from mdkif.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MDKIF_SHARED_DATA", ROOT.parent / "shared" / "data"))
-RESULTS = ROOT / "bench" / "results"
 
 
 def timed(model, tok, records, scoring: ScoringConfig) -> tuple[float, list[dict]]:
     start = time.perf_counter()
     rows = score_records(model, tok, records, scoring)
     return time.perf_counter() - start, rows
+
+
+def figures(d: dict) -> list[Figure]:
+    """The rows bench/summary.py tabulates (each against its same-run baseline)."""
+    q_ll, q_gen = d["loglik"]["questions_per_s"], d["generate"]["questions_per_s"]
+    return [
+        Figure(
+            "eval_scoring",
+            f"log-likelihood scoring ({d['items']} items, {d['model']})",
+            q_ll,
+            q_gen,
+            "generative scoring",
+            "questions/s",
+        )
+    ]
 
 
 def main() -> None:
@@ -73,8 +87,6 @@ def main() -> None:
         "speedup_loglik_over_generate": round(gen_s / ll_s, 2),
         "prediction_agreement": agree / len(records),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "eval_scoring.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Scoring speed: log-likelihood vs generation",
         "",
@@ -95,7 +107,7 @@ def main() -> None:
         "dominates both. The gap grows with the answer length (CoT: 256 tokens). The machine was shared",
         "with other jobs during the run: absolute rates are low; the ratio is the number to keep.",
     ]
-    (RESULTS / "eval_scoring.md").write_text("\n".join(lines) + "\n")
+    write_results("eval_scoring", result, "\n".join(lines), figures(result), results=RESULTS)
     print("\n".join(lines))
 
 

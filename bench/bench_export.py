@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import torch
+from _harness import RESULTS, write_results  # bench/ is sys.path[0] when a benchmark runs
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
 
 PROMPTS = [
     "Summarize the question: my father takes metformin and now has stomach pain, should he stop it?",
@@ -137,9 +137,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     doc = run(args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "export.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (RESULTS / "export.md").write_text(markdown(doc))
+    write_results("export", doc, markdown(doc), results=RESULTS)
     print(markdown(doc))
 
 

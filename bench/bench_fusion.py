@@ -15,15 +15,13 @@ and cost do not depend on what the skills learned. Writes bench/results/fusion.{
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from _harness import RESULTS, Figure, write_results  # bench/ is sys.path[0] when a benchmark runs
 
 
 def make_adapters(model_name: str, root: Path, k: int, init_r: int, targets: list[str]) -> list[Path]:
@@ -102,6 +100,45 @@ def timeit(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def figures(d: dict) -> list[Figure]:
+    """The rows bench/summary.py tabulates (each against its same-run baseline)."""
+    c = d["candidate_eval_s"]
+    f = d["forward_s"]
+    speed = c["naive_peft_remerge"] / c["fused_stacked"]
+    return [
+        Figure(
+            "fusion",
+            f"CMA-ES candidate evaluation, fused stacked ({d['skills']} skills)",
+            c["fused_stacked"],
+            c["naive_peft_remerge"],
+            "re-merge adapters with peft per candidate",
+            "s",
+            "<= 0.2 (5x cheaper)",
+            speed >= 5,
+        ),
+        Figure(
+            "fusion",
+            "forward, merged mode",
+            f["merged"],
+            f["base"],
+            "base model forward",
+            "s",
+            "within 2%",
+            f["merged"] <= 1.02 * f["base"],
+        ),
+        Figure(
+            "fusion",
+            f"forward, stacked mode ({d['skills']} skills)",
+            f["stacked"],
+            f["base"],
+            "base model forward",
+            "s",
+            "within 30%",
+            f["stacked"] <= 1.30 * f["base"],
+        ),
+    ]
 
 
 def main() -> None:
@@ -193,8 +230,6 @@ def main() -> None:
         },
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     md = (
         f"# Fusion benchmark ({args.model}, {args.skills} AdaLoRA skills, init_r {args.init_r}, "
         f"targets {args.targets}, batch {args.k_examples}x{args.seq}, 1 thread)\n\n"
@@ -208,7 +243,7 @@ def main() -> None:
         f"| forward, merged | {lat_s['merged']:.4f} | {lat_s['merged'] / lat_s['base']:.3f} |\n"
         f"| forward, stacked ({args.skills} skills) | {lat_s['stacked']:.4f} | {lat_s['stacked'] / lat_s['base']:.3f} |\n"
     )
-    out.with_suffix(".md").write_text(md)
+    write_results(out.name, result, md, figures(result), results=out.parent)
     print(md)
 
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _harness import RESULTS, Figure, write_results  # bench/ is sys.path[0] when a benchmark runs
 
 from mdkif.rag.config import RagIndexConfig
 from mdkif.rag.index import build_index, collect_chunks
@@ -38,7 +39,8 @@ SHARED = Path(os.environ.get("MDKIF_SHARED_DATA", REPO.parent / "shared" / "data
 PUBMEDQA = SHARED / "mcq/pubmedqa/pqal_dev500.json"
 MEDQUAD = SHARED / "skills/medquad/medquad_answered.jsonl"
 WIKIDOC = SHARED / "skills/medalpaca_wikidoc/medical_meadow_small.json"
-OUT = REPO / "bench" / "results"
+
+OUT = RESULTS
 KS = (1, 5, 10)
 MODES = ("dense", "bm25", "hybrid")
 
@@ -238,6 +240,47 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def figures(d: dict) -> list[Figure]:
+    """The rows bench/summary.py tabulates (each against its same-run baseline)."""
+    rows = []
+    r = d["recall"]
+    for mode in ("dense", "hybrid"):
+        rows.append(
+            Figure(
+                "rag",
+                f"recall@1, {mode} ({d['recall_questions']} PubMedQA questions)",
+                r[mode]["recall@1"],
+                r["bm25"]["recall@1"],
+                "BM25",
+                "",
+            )
+        )
+    t = d["throughput"]
+    rows.append(
+        Figure(
+            "rag",
+            f"index throughput, Ray Data ({t['actors']} actors)",
+            t["ray_cps"],
+            t["single_cps"],
+            "single process",
+            "chunks/s",
+        )
+    )
+    lat = d["latency_full"]
+    for mode in ("dense", "hybrid"):
+        rows.append(
+            Figure(
+                "rag",
+                f"query p50, {mode} ({d['full_size']['chunks']} chunks)",
+                lat[mode]["p50_ms"],
+                lat["bm25"]["p50_ms"],
+                "BM25 p50",
+                "ms",
+            )
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -323,10 +366,8 @@ def main() -> None:
             ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "rag.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    if "latency_full" in results:
-        (OUT / "rag.md").write_text(markdown(results), encoding="utf-8")
+    full = "latency_full" in results  # a partial run writes no figures and keeps the Markdown
+    write_results("rag", results, markdown(results) if full else None, figures(results) if full else (), OUT)
     plot(results, OUT / "rag_recall.png")
     print(f"wrote {OUT / 'rag.json'}, rag.md, rag_recall.png in {results['total_s']:.0f} s")
 

@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _harness import RESULTS, write_results  # bench/ is sys.path[0] when a benchmark runs
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
+
 REFERENCE = REPO / "runs" / "reference"
 PROMPT = "Patient with crushing chest pain radiating to the left arm. What is the most likely diagnosis?"
 VARIANTS = {
@@ -377,9 +378,7 @@ def main() -> None:
         "computed_llama3_8b": computed_8b(LLAMA3_8B),
         "reading": reading(measured),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serve_memory.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (RESULTS / "serve_memory.md").write_text(markdown(doc))
+    write_results("serve_memory", doc, markdown(doc), results=RESULTS)
     print(markdown(doc))
 
 

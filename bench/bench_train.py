@@ -41,11 +41,11 @@ import time
 from pathlib import Path
 
 import torch
+from _harness import RESULTS, Figure, write_results  # bench/ is sys.path[0] when a benchmark runs
 
 from mdkif.skills.runner import fast_train_reports
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
 
 
 def plain_peft_loop(model_name: str, skill: str, steps: int, batch: int, max_length: int) -> dict:
@@ -488,6 +488,47 @@ def write_markdown(result: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def figures(d: dict) -> list[Figure]:
+    """The rows bench/summary.py tabulates (each against its same-run baseline)."""
+    rows = []
+    p = d.get("parallel")
+    if p:
+        rows.append(
+            Figure(
+                "train",
+                f"{p['parallel']['skills']} skills, one trainer, {p['parallel']['workers']} workers",
+                p["parallel"]["wall_seconds"],
+                p["sequential"]["wall_seconds"],
+                "one worker, skills in sequence",
+                "s",
+            )
+        )
+        rows.append(
+            Figure(
+                "train",
+                "start-up paid by one shared trainer",
+                p["one_trainer_fit_seconds"],
+                p["estimated_12_trainers_startup_seconds"],
+                "12 separate TorchTrainers (estimated)",
+                "s",
+            )
+        )
+    o = d.get("overhead", {}).get("ray")
+    if o and "report_share_of_step_pct" in o:
+        rows.append(
+            Figure(
+                "train",
+                "ray.train.report per step",
+                o["report_seconds_per_step"] * 1000,
+                None,
+                "",
+                "ms",
+                f"{o['report_share_of_step_pct']:.2f}% of a step",
+            )
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--part", choices=["overhead", "parallel", "grouping", "all"], default="all")
@@ -539,8 +580,8 @@ def main() -> None:
         previous.update({k: v for k, v in result.items() if k != "settings"})
         previous.setdefault("settings", {}).update(result["settings"])
         result = previous
-    path.write_text(json.dumps(result, indent=2))
     write_markdown(result, args.out / "train.md")
+    write_results("train", result, None, figures(result), results=args.out)
     print((args.out / "train.md").read_text())
 
 

@@ -1,8 +1,10 @@
 """Collect every benchmark's figures into one table: bench/results/SUMMARY.md (run by `make bench`).
 
 Each row is one figure measured against a baseline taken in the same run, with the ratio and, where an
-issue set one, the target and whether it is met. A benchmark whose JSON is missing is listed as not run,
-so the table never silently drops a figure.
+issue set one, the target and whether it is met. Benchmarks write their figures into their own JSON
+(`figures`, through bench/_harness.py), so this reads every results file the same way. An expected
+benchmark whose JSON is missing is listed as not run, and a JSON without figures as needing a re-run, so
+the table never silently drops a figure.
 
     python bench/summary.py [--results bench/results]
 """
@@ -10,249 +12,15 @@ so the table never silently drops a figure.
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Callable
-from dataclasses import dataclass
+import sys
 from pathlib import Path
-from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _harness, when imported from elsewhere
 
+from _harness import RESULTS, Figure, read_figures  # noqa: E402
 
-@dataclass
-class Row:
-    bench: str
-    figure: str
-    value: float
-    baseline: float | None
-    baseline_name: str
-    unit: str
-    ratio: float | None = None
-    target: str = ""
-    met: bool | None = None
-
-
-def _ratio(value: float, baseline: float | None) -> float | None:
-    return None if not baseline else value / baseline
-
-
-def eval_rows(d: dict[str, Any]) -> list[Row]:
-    q_ll, q_gen = d["loglik"]["questions_per_s"], d["generate"]["questions_per_s"]
-    return [
-        Row(
-            "eval_scoring",
-            f"log-likelihood scoring ({d['items']} items, {d['model']})",
-            q_ll,
-            q_gen,
-            "generative scoring",
-            "questions/s",
-            _ratio(q_ll, q_gen),
-        )
-    ]
-
-
-def fusion_rows(d: dict[str, Any]) -> list[Row]:
-    c = d["candidate_eval_s"]
-    f = d["forward_s"]
-    speed = c["naive_peft_remerge"] / c["fused_stacked"]
-    return [
-        Row(
-            "fusion",
-            f"CMA-ES candidate evaluation, fused stacked ({d['skills']} skills)",
-            c["fused_stacked"],
-            c["naive_peft_remerge"],
-            "re-merge adapters with peft per candidate",
-            "s",
-            _ratio(c["fused_stacked"], c["naive_peft_remerge"]),
-            "<= 0.2 (5x cheaper)",
-            speed >= 5,
-        ),
-        Row(
-            "fusion",
-            "forward, merged mode",
-            f["merged"],
-            f["base"],
-            "base model forward",
-            "s",
-            _ratio(f["merged"], f["base"]),
-            "within 2%",
-            f["merged"] <= 1.02 * f["base"],
-        ),
-        Row(
-            "fusion",
-            f"forward, stacked mode ({d['skills']} skills)",
-            f["stacked"],
-            f["base"],
-            "base model forward",
-            "s",
-            _ratio(f["stacked"], f["base"]),
-            "within 30%",
-            f["stacked"] <= 1.30 * f["base"],
-        ),
-    ]
-
-
-def answer_loss_rows(d: dict[str, Any]) -> list[Row]:
-    s = d["seconds"]
-    return [
-        Row(
-            "fusion",
-            f"router task loss, LM head on answer positions (k={d['batch'][0]})",
-            s["kept"],
-            s["full"],
-            "full logits, same fused model and batch",
-            "s",
-            _ratio(s["kept"], s["full"]),
-        ),
-        Row(
-            "fusion",
-            f"CMA-ES candidate on a real task ({Path(d['task']).stem} k={d['batch'][0]}), shipped",
-            s["kept"],
-            s["naive"],
-            "peft re-merge per candidate + model(labels=...)",
-            "s",
-            _ratio(s["kept"], s["naive"]),
-            "<= 0.2 (5x cheaper)",
-            s["naive"] >= 5 * s["kept"],
-        ),
-    ]
-
-
-def rag_rows(d: dict[str, Any]) -> list[Row]:
-    rows = []
-    r = d["recall"]
-    for mode in ("dense", "hybrid"):
-        rows.append(
-            Row(
-                "rag",
-                f"recall@1, {mode} ({d['recall_questions']} PubMedQA questions)",
-                r[mode]["recall@1"],
-                r["bm25"]["recall@1"],
-                "BM25",
-                "",
-                _ratio(r[mode]["recall@1"], r["bm25"]["recall@1"]),
-            )
-        )
-    t = d["throughput"]
-    rows.append(
-        Row(
-            "rag",
-            f"index throughput, Ray Data ({t['actors']} actors)",
-            t["ray_cps"],
-            t["single_cps"],
-            "single process",
-            "chunks/s",
-            _ratio(t["ray_cps"], t["single_cps"]),
-        )
-    )
-    lat = d["latency_full"]
-    for mode in ("dense", "hybrid"):
-        rows.append(
-            Row(
-                "rag",
-                f"query p50, {mode} ({d['full_size']['chunks']} chunks)",
-                lat[mode]["p50_ms"],
-                lat["bm25"]["p50_ms"],
-                "BM25 p50",
-                "ms",
-                _ratio(lat[mode]["p50_ms"], lat["bm25"]["p50_ms"]),
-            )
-        )
-    return rows
-
-
-def serve_rows(d: dict[str, Any]) -> list[Row]:
-    s = d["summary"]
-    by = {name: {r["concurrency"]: r for r in runs} for name, runs in d["settings"].items()}
-    inproc = by["in-process"][1]["p50_ms"]
-    rows = []
-    for label, tag in (("serve", ""), ("serve direct", "direct_")):
-        if f"{label}, batch off" not in by:
-            continue  # results from before the throughput-optimized path was measured
-        added = s[f"serve_{tag}added_p50_ms_c1"]
-        on, off = (
-            by[f"{label}, batch on"][32]["throughput_rps"],
-            by[f"{label}, batch off"][32]["throughput_rps"],
-        )
-        how = "default proxy" if not tag else "throughput-optimized, direct ingress"
-        rows += [
-            Row(
-                "serve",
-                f"p50 latency through Serve ({how}), concurrency 1",
-                inproc + added,
-                inproc,
-                "model called in-process",
-                "ms",
-                _ratio(inproc + added, inproc),
-                "added p50 < 10 ms",
-                added < 10,
-            ),
-            Row(
-                "serve",
-                f"throughput with @serve.batch ({how}), concurrency 32",
-                on,
-                off,
-                "batching off",
-                "req/s",
-                _ratio(on, off),
-                ">= 3x",
-                on >= 3 * off,
-            ),
-        ]
-    return rows
-
-
-def train_rows(d: dict[str, Any]) -> list[Row]:
-    rows = []
-    p = d.get("parallel")
-    if p:
-        rows.append(
-            Row(
-                "train",
-                f"{p['parallel']['skills']} skills, one trainer, {p['parallel']['workers']} workers",
-                p["parallel"]["wall_seconds"],
-                p["sequential"]["wall_seconds"],
-                "one worker, skills in sequence",
-                "s",
-                _ratio(p["parallel"]["wall_seconds"], p["sequential"]["wall_seconds"]),
-            )
-        )
-        rows.append(
-            Row(
-                "train",
-                "start-up paid by one shared trainer",
-                p["one_trainer_fit_seconds"],
-                p["estimated_12_trainers_startup_seconds"],
-                "12 separate TorchTrainers (estimated)",
-                "s",
-                _ratio(p["one_trainer_fit_seconds"], p["estimated_12_trainers_startup_seconds"]),
-            )
-        )
-    o = d.get("overhead", {}).get("ray")
-    if o and "report_share_of_step_pct" in o:
-        rows.append(
-            Row(
-                "train",
-                "ray.train.report per step",
-                o["report_seconds_per_step"] * 1000,
-                None,
-                "",
-                "ms",
-                None,
-                f"{o['report_share_of_step_pct']:.2f}% of a step",
-            )
-        )
-    return rows
-
-
-READERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
-    "eval_scoring.json": eval_rows,
-    "fusion.json": fusion_rows,
-    "answer_loss.json": answer_loss_rows,
-    "rag.json": rag_rows,
-    "serve.json": serve_rows,
-    "train.json": train_rows,
-}
+# The benchmarks `make bench` runs that report figures; a missing one is listed as not run.
+EXPECTED = ("eval_scoring", "fusion", "answer_loss", "rag", "serve", "train")
 
 
 def _fmt(x: float | None) -> str:
@@ -265,24 +33,26 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3f}"
 
 
-def collect(results: Path) -> tuple[list[Row], list[str]]:
-    rows: list[Row] = []
-    missing: list[str] = []
-    for name, reader in READERS.items():
-        path = results / name
-        if not path.is_file():
-            missing.append(name)
-            continue
+def collect(results: Path) -> tuple[list[Figure], list[str]]:
+    """Every figure in `results/*.json` (file order), and what is missing: `<name>.json` for an expected
+    benchmark without a file, `<name>.json (no figures)` for a file written before the harness."""
+    rows: list[Figure] = []
+    missing = [f"{n}.json" for n in EXPECTED if not (results / f"{n}.json").is_file()]
+    for path in sorted(results.glob("*.json")):
         try:
-            rows += reader(json.loads(path.read_text()))
+            found = read_figures(path)
         except (KeyError, TypeError, ValueError) as e:
             raise SystemExit(
                 f"{path}: unexpected layout ({type(e).__name__}: {e}); re-run its benchmark"
             ) from e
+        if found is None:
+            missing.append(f"{path.name} (no figures: re-run its benchmark)")
+        else:
+            rows += found
     return rows, missing
 
 
-def render(rows: list[Row], missing: list[str]) -> str:
+def render(rows: list[Figure], missing: list[str]) -> str:
     lines = [
         "# Benchmark summary",
         "",
@@ -300,7 +70,7 @@ def render(rows: list[Row], missing: list[str]) -> str:
             f"| {r.bench} | {r.figure} | {_fmt(r.value)}{unit} | {base} | {_fmt(r.ratio)} | {r.target} | {met} |"
         )
     if missing:
-        lines += ["", "Not run (no results file): " + ", ".join(missing)]
+        lines += ["", "Not run or without figures: " + ", ".join(missing)]
     return "\n".join(lines) + "\n"
 
 
