@@ -30,7 +30,12 @@ def test_demo_leaves_a_parent_run_with_a_child_per_stage(tmp_path: Path, monkeyp
         eval_items=5,
         serve=False,
     )
-    run_demo(cfg)
+    try:
+        run_demo(cfg)
+    finally:
+        import ray
+
+        ray.shutdown()  # the demo leaves Ray up for serving; the next test module starts its own
 
     client = MlflowClient(store)
     exp = client.get_experiment_by_name("mdkif")
