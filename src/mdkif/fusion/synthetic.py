@@ -96,11 +96,13 @@ def train_adalora(
     )
     model = get_peft_model(loaded.model, cfg)
     batch = encode(loaded.tokenizer, [TaskExample(**r) for r in rows])
+    dev = next(model.parameters()).device  # the base may load on a GPU: the batch goes where it is
+    ids, mask, labels = (t.to(dev) for t in (batch.input_ids, batch.attention_mask, batch.labels))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
     model.train()
     for step in range(steps):
-        out_ = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+        out_ = model(input_ids=ids, attention_mask=mask, labels=labels)
         out_.loss.backward()
         opt.step()
         model.base_model.update_and_allocate(step)  # after backward, before zero_grad, or ranks never adapt
