@@ -7,8 +7,8 @@ Stages, each re-runnable without redoing finished work (interrupt it and run the
 2. **skills**: the 12 AdaLoRA skills (`train/skills_cpu.yaml`) on local Ray Train, resumable;
 3. **routers**, per task, on the task's `train` split only: gradient descent on `k_gradient` items, CMA-ES
    on k = 5 and 20 items; the best single skill is chosen by its task loss on the same `k_gradient` items;
-4. **evaluation**: base / best single / uniform / routed (gradient) / routed (CMA-ES k) on each task's
-   `test` items, by the evaluation harness (one scorer, Ray actors), with paired tests against the base;
+4. **evaluation**: base / best single / uniform / routed (gradient) / routed (CMA-ES k) / routed (Arrow:
+   zero-shot, per token, built from the skills alone, one artifact for every task) on each task's `test` items, by the evaluation harness (one scorer, Ray actors), with paired tests against the base;
 5. **results**: `reference.{md,json,png}` in `results` (the table, the exact command, wall times).
 
 Tuning never looks at a test split: the routers see `train` items, the held-out ids are checked against
@@ -29,6 +29,7 @@ import typer
 from pydantic import Field, model_validator
 
 from mdkif.config import StrictModel, load_config
+from mdkif.routing.config import ArrowSettings, check_arrow_top_k
 from mdkif.tracking import Run, TrackingConfig, parent_run, stage_run
 
 DEFAULT_CONFIG = Path("bench/reference.yaml")
@@ -76,6 +77,15 @@ class ReferenceConfig(StrictModel):
     tasks: list[ReferenceTask] = Field(min_length=1)
     n_test: int = Field(100, ge=2, description="first N test items of each task are scored")
     routers: RouterPlan = Field(default_factory=RouterPlan)
+    arrow: ArrowSettings | None = Field(
+        default_factory=ArrowSettings,
+        description="the zero-shot Arrow row (routed_arrow): no task data, one artifact for every task; null: none",
+    )
+    rows: list[str] | None = Field(
+        None,
+        description="evaluate only these rows (default: all; base is always needed for the paired tests). "
+        "Without best_single and the fitted routed rows the routers stage is skipped",
+    )
     num_workers: int = Field(2, ge=1, description="evaluation actors")
     shard_size: int = Field(25, ge=1)
     seed: int = 0
@@ -97,6 +107,18 @@ class ReferenceConfig(StrictModel):
     def eval_dir(self, task: str) -> Path:
         return self.out / ("eval-label" if self.label_loss(task) else "eval") / task
 
+    def all_rows(self) -> list[str]:
+        """Every row the run can produce, in table order."""
+        rows = [*ROWS, *(f"routed_cmaes_k{k}" for k in sorted(self.routers.cmaes_ks))]
+        return rows + (["routed_arrow"] if self.arrow is not None else [])
+
+    def selected_rows(self) -> list[str]:
+        return self.all_rows() if self.rows is None else [r for r in self.all_rows() if r in self.rows]
+
+    def needs_fits(self) -> bool:
+        """Whether a selected row is fitted on a task's train split (the best single skill or a router)."""
+        return any(r not in TASK_FREE_ROWS for r in self.selected_rows())
+
     @model_validator(mode="after")
     def _known(self) -> ReferenceConfig:
         from mdkif.data.tasks import TASKS
@@ -104,6 +126,12 @@ class ReferenceConfig(StrictModel):
         unknown = [t.name for t in self.tasks if t.name not in TASKS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; known: {list(TASKS)}")
+        if self.rows is not None:
+            bad = [r for r in self.rows if r not in self.all_rows()]
+            if bad:
+                raise ValueError(f"field 'rows': unknown row(s) {bad}; this config has {self.all_rows()}")
+            if "base" not in self.rows:
+                raise ValueError("field 'rows': must include 'base' (every row is tested against it)")
         return self
 
 
@@ -147,6 +175,7 @@ def train_skills(cfg: ReferenceConfig, data_dir: Path) -> Path:
 
 
 ROWS = ("base", "best_single", "uniform", "routed_gradient")
+TASK_FREE_ROWS = ("base", "uniform", "routed_arrow")  # need nothing from a task's train split
 
 
 def _route_cfg(cfg: ReferenceConfig, adapters: Path, method: str) -> Any:
@@ -286,8 +315,31 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
     return fits
 
 
-def variant_rows(cfg: ReferenceConfig, adapters: Path, fit: dict[str, Any]) -> list[dict[str, Any]]:
-    """The table's rows for one task as evaluation variants (fixed weights or a saved router)."""
+def build_arrow(cfg: ReferenceConfig, adapters: Path) -> Path | None:
+    """The Arrow router artifact (`OUT/arrow/`), from the skills alone: the same for every task."""
+    from mdkif.routing.pipeline import build_fused
+    from mdkif.routing.router import ArrowRouter, save_router
+
+    if cfg.arrow is None or "routed_arrow" not in cfg.selected_rows():
+        return None
+    folder = cfg.out / "arrow"
+    if (folder / "router.json").is_file():
+        return folder
+    fused, _, bank = build_fused(_route_cfg(cfg, adapters, "gradient"))
+    check_arrow_top_k(cfg.arrow, len(bank))
+    arrow = ArrowRouter(len(bank), cfg.arrow.top_k, cfg.arrow.temperature)
+    meta = {"method": "arrow", "top_k": cfg.arrow.top_k, "temperature": cfg.arrow.temperature}
+    save_router(arrow, bank, fused, folder, {"fit": meta})
+    print(f"[reference] Arrow router (top_k {cfg.arrow.top_k}, zero-shot) -> {folder}", flush=True)
+    return folder
+
+
+def variant_rows(
+    cfg: ReferenceConfig, adapters: Path, task: str, fit: dict[str, Any] | None, arrow: Path | None
+) -> list[dict[str, Any]]:
+    """The table's selected rows for one task as evaluation variants (fixed weights or a saved router)."""
+    from mdkif.fusion.bank import SkillBank
+
     model = _model(cfg)
     scoring = {
         "method": "loglik",
@@ -295,37 +347,35 @@ def variant_rows(cfg: ReferenceConfig, adapters: Path, fit: dict[str, Any]) -> l
         "max_prompt_tokens": 512,
         "prompt_format": skills_stage(cfg).prompt_format,  # the base row reads the skills' prompts too
     }
-    names = fit["skills"]
-    folder = cfg.routers_dir(fit["task"])
-    rows = [
-        {"name": "base", "model": model, "scoring": scoring},
-        {
-            "name": "best_single",
-            "model": model,
-            "router": {"adapters": str(adapters), "weights": {fit["best_single_skill"]: 1.0}},
-            "scoring": scoring,
-        },
-        {
-            "name": "uniform",
-            "model": model,
-            "router": {"adapters": str(adapters), "weights": {n: 1.0 / len(names) for n in names}},
-            "scoring": scoring,
-        },
-    ]
-    for key in fit["routers"]:
-        name = "routed_gradient" if key == "gradient" else f"routed_{key.replace('-', '_')}"
-        rows.append(
-            {
-                "name": name,
-                "model": model,
-                "router": {"adapters": str(adapters), "path": str(folder / key)},
-                "scoring": scoring,
-            }
+    names = fit["skills"] if fit is not None else SkillBank.from_dir(adapters).names
+    routers: dict[str, dict[str, Any]] = {
+        "uniform": {"adapters": str(adapters), "weights": {n: 1.0 / len(names) for n in names}},
+    }
+    if fit is not None:
+        routers["best_single"] = {"adapters": str(adapters), "weights": {fit["best_single_skill"]: 1.0}}
+        for key in fit["routers"]:
+            name = "routed_gradient" if key == "gradient" else f"routed_{key.replace('-', '_')}"
+            routers[name] = {"adapters": str(adapters), "path": str(cfg.routers_dir(task) / key)}
+    if arrow is not None:
+        routers["routed_arrow"] = {"adapters": str(adapters), "path": str(arrow)}
+    missing = [r for r in cfg.selected_rows() if r != "base" and r not in routers]
+    if missing:
+        raise ValueError(
+            f"task {task}: no router for row(s) {missing} in {cfg.routers_dir(task) / 'fit.json'} "
+            "(fitted with other routers settings?)"
         )
+    rows = []
+    for name in cfg.selected_rows():
+        row = {"name": name, "model": model, "scoring": scoring}
+        if name != "base":
+            row["router"] = routers[name]
+        rows.append(row)
     return rows
 
 
-def evaluate(cfg: ReferenceConfig, adapters: Path, fits: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def evaluate(
+    cfg: ReferenceConfig, adapters: Path, fits: dict[str, dict[str, Any]], arrow: Path | None
+) -> dict[str, Any]:
     """Stage 4: each task's rows on its test items, one harness run per task (Ray actors, resumable)."""
     from mdkif.config import validate
     from mdkif.evaluation.config import EvalConfig
@@ -337,7 +387,7 @@ def evaluate(cfg: ReferenceConfig, adapters: Path, fits: dict[str, dict[str, Any
             EvalConfig,
             {
                 "out": str(cfg.eval_dir(t.name)),
-                "variants": variant_rows(cfg, adapters, fits[t.name]),
+                "variants": variant_rows(cfg, adapters, t.name, fits.get(t.name), arrow),
                 "tasks": [{"task": t.name, "split": "test", "limit": cfg.n_test}],
                 "data_root": str(cfg.data_root),
                 "compare_to": ["base"],
@@ -358,6 +408,8 @@ def run_reference(cfg: ReferenceConfig, command: str) -> dict[str, Any]:
     from mdkif.data.build import track_data
     from mdkif.reference_report import write_results
 
+    if cfg.arrow is not None:  # refused here, before any data is built or Ray starts
+        check_arrow_top_k(cfg.arrow, len(skills_stage(cfg).skill_specs()), field="reference: arrow.top_k")
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     with parent_run(cfg.tracking, "reference") as parent:
@@ -371,15 +423,16 @@ def run_reference(cfg: ReferenceConfig, command: str) -> dict[str, Any]:
         t = time.perf_counter()
         adapters = train_skills(cfg, data_dir)
         times["skills"] = time.perf_counter() - t
-        stage("3/5 routers per task (train split: gradient; CMA-ES k)")
+        stage("3/5 routers per task (train split: gradient; CMA-ES k) and the zero-shot Arrow router")
         t = time.perf_counter()
         with stage_run(cfg.tracking, "routers") as run:
-            fits = fit_routers(cfg, adapters)
+            fits = fit_routers(cfg, adapters) if cfg.needs_fits() else {}
             track_fits(run, fits)
+            arrow = build_arrow(cfg, adapters)
         times["routers"] = time.perf_counter() - t
         stage("4/5 evaluation on the test splits (paired against base)")
         t = time.perf_counter()
-        summaries = evaluate(cfg, adapters, fits)
+        summaries = evaluate(cfg, adapters, fits, arrow)
         times["eval"] = time.perf_counter() - t
         stage("5/5 results")
         times["total"] = time.perf_counter() - t0

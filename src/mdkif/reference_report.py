@@ -143,7 +143,8 @@ def render(doc: dict[str, Any], cfg: Any) -> str:
         "",
         "Primary metric in % [95% bootstrap CI]. `*`: paired test against `base` at p < 0.05 (McNemar's "
         "exact test for accuracy, paired bootstrap for F1 / ROUGE-L); the second table gives the "
-        "differences. Routers and the best single skill saw only each task's train split.",
+        "differences. Routers and the best single skill saw only each task's train split; "
+        "routed_arrow saw no task data at all (zero-shot, per token, from the skills' singular directions).",
         "",
         "| row | " + " | ".join(head) + " | mean |",
         "| --- | " + " | ".join("---" for _ in tasks) + " | --- |",
@@ -190,11 +191,12 @@ def render(doc: dict[str, Any], cfg: Any) -> str:
             f"{100 * g['mean_relative_gain']:+.1f}% over {g['relative_gain_tasks']} tasks | "
             f"{100 * g['mean_minus_uniform']:+.1f} |"
         )
-    lines += ["", "## What the routers chose (train split only)", ""]
-    lines += [
-        "| task | best single skill | router | task loss base -> fitted | top weights |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    if doc["fits"]:
+        lines += ["", "## What the routers chose (train split only)", ""]
+        lines += [
+            "| task | best single skill | router | task loss base -> fitted | top weights |",
+            "| --- | --- | --- | --- | --- |",
+        ]
     for t, f in doc["fits"].items():
         for key, info in f["routers"].items():
             top = sorted(info["weights"].items(), key=lambda kv: -abs(kv[1]))[:3]

@@ -37,25 +37,38 @@ tasks:
   - {{name: meqsum, unseen: true}}
 n_test: 4
 routers: {{k_gradient: 8, gradient_steps: 2, batch_size: 4, cmaes_ks: [2, 3], cmaes_max_evals: 4}}
+arrow: {{top_k: 2}}
 num_workers: 1
 shard_size: 4
 """
     )
+    # Arrow's top_k above the number of skills is refused before anything is built.
+    refused = CliRunner().invoke(app, ["reference", str(config), "arrow.top_k=3"])
+    assert refused.exit_code != 0 and not out.exists()
+    assert "reference: arrow.top_k" in str(refused.exception) + refused.output
     result = CliRunner().invoke(app, ["reference", str(config)])
     assert result.exit_code == 0, result.output
     doc = json.loads((results / "reference.json").read_text())
     rows = {(r["task"], r["row"]) for r in doc["table"]}
     expected = ["base", "best_single", "uniform", "routed_gradient", "routed_cmaes_k2", "routed_cmaes_k3"]
+    expected.append("routed_arrow")  # zero-shot: one artifact for both tasks, no train items
     assert rows == {(t, r) for t in ("healthver", "meqsum") for r in expected}
     by = {(r["task"], r["row"]): r for r in doc["table"]}
     assert by[("healthver", "base")]["metric"] == "accuracy" and by[("meqsum", "base")]["metric"] == "rougeL"
     assert by[("healthver", "base")]["vs_base"] is None
     assert by[("healthver", "uniform")]["vs_base"]["test"] == "mcnemar"
-    assert {g["row"] for g in doc["targets"]} == {"routed_gradient", "routed_cmaes_k2", "routed_cmaes_k3"}
+    assert {g["row"] for g in doc["targets"]} == {
+        "routed_gradient",
+        "routed_cmaes_k2",
+        "routed_cmaes_k3",
+        "routed_arrow",
+    }
+    arrow = json.loads((out / "arrow" / "router.json").read_text())
+    assert arrow["kind"] == "arrow" and not (out / "routers" / "arrow").exists()
     assert doc["fits"]["healthver"]["best_single_skill"] in ("nli", "summarization")
     assert (results / "reference.png").stat().st_size > 0
     md = (results / "reference.md").read_text()
-    assert "| routed_cmaes_k3 |" in md and "## Targets (issue 13)" in md
+    assert "| routed_cmaes_k3 |" in md and "| routed_arrow |" in md and "## Targets (issue 13)" in md
     # No held-out item reached the skill data: test + dev of healthver, every meqsum item.
     ids = set()
     for path in (out / "skilldata").glob("*/*.jsonl"):
@@ -68,6 +81,13 @@ shard_size: 4
     assert "reusing it" in again.output
     summary = json.loads((out / "eval" / "healthver" / "summary.json").read_text())
     assert summary["shards"]["computed"] == 0
+    # A row subset that needs no train split (base + Arrow) reuses the scores and writes a table of its own.
+    subset = tmp_path / "subset"
+    few = CliRunner().invoke(app, ["reference", str(config), "rows=[base,routed_arrow]", f"results={subset}"])
+    assert few.exit_code == 0, few.output
+    sub = json.loads((subset / "reference.json").read_text())
+    assert {r["row"] for r in sub["table"]} == {"base", "routed_arrow"} and sub["fits"] == {}
+    assert "What the routers chose" not in (subset / "reference.md").read_text()
     # The label objective refits only the classification task; meqsum's routers and scores are reused.
     label = CliRunner().invoke(app, ["reference", str(config), "routers.loss=label"])
     assert label.exit_code == 0, label.output

@@ -75,7 +75,7 @@ def fit_gradient(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        result.history.append(float(loss))
+        result.history.append(float(loss.detach()))
         result.evaluations += 1
     result.final_loss = task_loss(fused, router, batch)
     return result
