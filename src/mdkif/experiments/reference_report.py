@@ -1,0 +1,259 @@
+"""The reference run's results: one table over tasks, the paired tests against the base, the targets.
+
+Writes `reference.json` (everything: rows, paired tests, fits, skill losses, command, wall times),
+`reference.md` (the table a reader compares, the targets checked, what the routers chose) and
+`reference.png` (primary metric per task and row, `*` where the paired test says p < 0.05 against base),
+plus a copy of the skills' loss curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mdkif.evaluation.report import METRIC_NAMES
+
+
+def _table(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for task, s in summaries.items():
+        res = {r["variant"]: r for r in s["results"]}
+        paired = {p["variant"]: p for p in s.get("paired", []) if p["reference"] == "base"}
+        for v in s["variants"]:
+            r = res[v]
+            p = paired.get(v)
+            rows.append(
+                {
+                    "task": task,
+                    "row": v,
+                    "kind": r["kind"],
+                    "metric": r["metric"],
+                    "n": r["n"],
+                    "value": r["value"],
+                    "ci_low": r["ci_low"],
+                    "ci_high": r["ci_high"],
+                    "metrics": r.get("metrics", {}),
+                    "vs_base": None
+                    if p is None
+                    else {k: p[k] for k in ("diff", "ci_low", "ci_high", "p", "test", "significant")},
+                }
+            )
+    return rows
+
+
+def targets(table: list[dict[str, Any]], routed: str) -> dict[str, Any]:
+    """Issue 13's targets for one routed row: significant wins, mean relative gain, routed vs uniform."""
+    by = {(r["task"], r["row"]): r for r in table}
+    tasks = list(dict.fromkeys(r["task"] for r in table))
+    wins, gains, vs_uniform = [], [], []
+    for t in tasks:
+        r, base, uni = by.get((t, routed)), by[(t, "base")], by.get((t, "uniform"))
+        if r is None:
+            continue
+        if r["vs_base"] and r["vs_base"]["significant"] and r["vs_base"]["diff"] > 0:
+            wins.append(t)
+        if base["value"] > 0:
+            gains.append((r["value"] - base["value"]) / base["value"])
+        if uni is not None:
+            vs_uniform.append(r["value"] - uni["value"])
+    return {
+        "row": routed,
+        "significant_wins": wins,
+        "n_significant_wins": len(wins),
+        "mean_relative_gain": sum(gains) / len(gains) if gains else math.nan,
+        "relative_gain_tasks": len(gains),
+        "mean_minus_uniform": sum(vs_uniform) / len(vs_uniform) if vs_uniform else math.nan,
+    }
+
+
+def _skills(adapters: Path) -> dict[str, Any]:
+    path = adapters / "skills.json"
+    if not path.is_file():
+        return {}
+    m = json.loads(path.read_text())
+    return {
+        "wall_seconds": m.get("wall_seconds"),
+        "skills": {
+            s: {
+                k: v.get(k)
+                for k in ("train_examples", "steps", "val_loss_before", "val_loss_after", "total_rank")
+            }
+            for s, v in m["skills"].items()
+        },
+    }
+
+
+def write_results(
+    cfg: Any,
+    adapters: Path,
+    fits: dict[str, dict[str, Any]],
+    summaries: dict[str, dict[str, Any]],
+    *,
+    command: str,
+    times: dict[str, float],
+) -> dict[str, Any]:
+    """reference.{json,md,png} in `cfg.results`; returns the JSON document."""
+    out = Path(cfg.results)
+    out.mkdir(parents=True, exist_ok=True)
+    table = _table(summaries)
+    rows = list(dict.fromkeys(r["row"] for r in table))
+    routed = [r for r in rows if r.startswith("routed")]
+    doc = {
+        "command": command,
+        "wall_seconds": {k: round(v, 1) for k, v in times.items()},
+        "config": cfg.model_dump(mode="json"),
+        "table": table,
+        "targets": [targets(table, r) for r in routed],
+        "fits": fits,
+        "skills": _skills(adapters),
+    }
+    (out / "reference.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "reference.md").write_text(render(doc, cfg))
+    plot(table, out / "reference.png")
+    curves = adapters / "loss_curves.png"
+    if curves.is_file():
+        shutil.copyfile(curves, out / "skills_loss_curves.png")
+    return doc
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}"
+
+
+def render(doc: dict[str, Any], cfg: Any) -> str:
+    table = doc["table"]
+    tasks = list(dict.fromkeys(r["task"] for r in table))
+    rows = list(dict.fromkeys(r["row"] for r in table))
+    by = {(r["task"], r["row"]): r for r in table}
+    unseen = {t.name for t in cfg.tasks if t.unseen}
+    head = [
+        f"{t}{' (unseen)' if t in unseen else ''} {METRIC_NAMES.get(by[(t, 'base')]['metric'], '')}"
+        for t in tasks
+    ]
+    lines = [
+        "# Reference run: 12 CPU-scale skills + router vs the base model",
+        "",
+        f"Command: `{doc['command']}`  ",
+        "Wall time: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in doc["wall_seconds"].items())
+        + f" (2 CPU cores). n = {cfg.n_test} test items per task (first of each task's test split).",
+        "",
+        "Primary metric in % [95% bootstrap CI]. `*`: paired test against `base` at p < 0.05 (McNemar's "
+        "exact test for accuracy, paired bootstrap for F1 / ROUGE-L); the second table gives the "
+        "differences. Routers and the best single skill saw only each task's train split; "
+        "routed_arrow saw no task data at all (zero-shot, per token, from the skills' singular directions).",
+        "",
+        "| row | " + " | ".join(head) + " | mean |",
+        "| --- | " + " | ".join("---" for _ in tasks) + " | --- |",
+    ]
+    for row in rows:
+        cells, vals = [], []
+        for t in tasks:
+            r = by.get((t, row))
+            if r is None:
+                cells.append("-")
+                continue
+            vals.append(r["value"])
+            star = " *" if r["vs_base"] and r["vs_base"]["significant"] else ""
+            cells.append(f"{_pct(r['value'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]{star}")
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {_pct(sum(vals) / len(vals))} |")
+    lines += ["", "Paired difference against base (points, 95% paired-bootstrap CI, p):", ""]
+    lines += ["| row | " + " | ".join(tasks) + " |", "| --- | " + " | ".join("---" for _ in tasks) + " |"]
+    for row in rows:
+        if row == "base":
+            continue
+        cells = []
+        for t in tasks:
+            p = by[(t, row)]["vs_base"] if (t, row) in by else None
+            cells.append(
+                "-"
+                if p is None
+                else f"{100 * p['diff']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] "
+                f"p={p['p']:.3g}{' *' if p['significant'] else ''}"
+            )
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Targets (issue 13)",
+        "",
+        "Target: a routed row beats base with p < 0.05 on >= 4 of the 6 tasks, mean relative gain >= +10%, "
+        "routed >= uniform on average.",
+        "",
+        "| routed row | significant wins over base | mean relative gain | mean minus uniform (points) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for g in doc["targets"]:
+        lines.append(
+            f"| {g['row']} | {g['n_significant_wins']} ({', '.join(g['significant_wins']) or 'none'}) | "
+            f"{100 * g['mean_relative_gain']:+.1f}% over {g['relative_gain_tasks']} tasks | "
+            f"{100 * g['mean_minus_uniform']:+.1f} |"
+        )
+    if doc["fits"]:
+        lines += ["", "## What the routers chose (train split only)", ""]
+        lines += [
+            "| task | best single skill | router | task loss base -> fitted | top weights |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+    for t, f in doc["fits"].items():
+        for key, info in f["routers"].items():
+            top = sorted(info["weights"].items(), key=lambda kv: -abs(kv[1]))[:3]
+            lines.append(
+                f"| {t} | {f['best_single_skill']} | {key} (k={info['k']}) | "
+                f"{info['loss_base']:.3f} -> {info['fit_loss']:.3f} | "
+                + ", ".join(f"{n} {w:+.2f}" for n, w in top)
+                + " |"
+            )
+    sk = doc["skills"].get("skills", {})
+    if sk:
+        lines += ["", "## Skills (validation loss before -> after training)", ""]
+        lines += [
+            "| skill | train examples | steps | val loss before -> after |",
+            "| --- | --- | --- | --- |",
+        ]
+        for s, m in sk.items():
+            if m.get("val_loss_before") is None:
+                lines.append(f"| {s} | - | - | - |")
+                continue
+            lines.append(
+                f"| {s} | {m['train_examples']} | {m['steps']} | {m['val_loss_before']:.3f} -> {m['val_loss_after']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in table))
+    rows = list(dict.fromkeys(r["row"] for r in table))
+    by = {(r["task"], r["row"]): r for r in table}
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.9 * len(tasks)), 4.0))
+    for j, row in enumerate(rows):
+        xs, ys, lo, hi = [], [], [], []
+        for i, t in enumerate(tasks):
+            r = by.get((t, row))
+            if r is None:
+                continue
+            x = i - 0.4 + width * (j + 0.5)
+            xs.append(x)
+            ys.append(100 * r["value"])
+            lo.append(100 * (r["value"] - r["ci_low"]))
+            hi.append(100 * (r["ci_high"] - r["value"]))
+            if r["vs_base"] and r["vs_base"]["significant"]:
+                ax.text(x, 100 * r["ci_high"] + 1, "*", ha="center", fontsize=12)
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=row)
+    labels = [f"{t}\n({METRIC_NAMES.get(by[(t, 'base')]['metric'], '')})" for t in tasks]
+    ax.set_xticks(range(len(tasks)), labels, fontsize=8)
+    ax.set_ylabel("primary metric (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Reference run: base vs skills + router (95% CI; * p<0.05 paired vs base)", fontsize=10)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
