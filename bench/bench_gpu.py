@@ -245,7 +245,7 @@ def check_zero3(checks: Checks, device: torch.device, shape: dict, tmp: Path, sm
 
 def synthetic_bank(tmp: Path):
     from mdkif.fusion import SkillBank
-    from mdkif.fusion.synthetic import make_synthetic_skills
+    from mdkif.testing.synthetic import make_synthetic_skills
 
     root = make_synthetic_skills(tmp / "skills", tasks=("triage_yes", "triage_no", "organ_heart"), steps=20)
     return root, SkillBank.from_dir(root)
@@ -256,8 +256,8 @@ def check_export(checks: Checks, device: torch.device, root: Path, bank, tmp: Pa
 
     from mdkif.fusion import fuse
     from mdkif.fusion.export import check_vllm, export_lora
-    from mdkif.fusion.synthetic import task_examples
     from mdkif.models import ModelConfig, load_model
+    from mdkif.testing.synthetic import task_examples
 
     prompts = [r["prompt"] for r in task_examples("triage_yes", 6, seed=7)]
     for dtype in ("float32", "bfloat16"):
@@ -299,8 +299,8 @@ def check_export(checks: Checks, device: torch.device, root: Path, bank, tmp: Pa
 
 def check_nf4_fusion(checks: Checks, device: torch.device, bank) -> None:
     from mdkif.fusion import FusionError, fuse
-    from mdkif.fusion.synthetic import task_examples
     from mdkif.models import ModelConfig, load_model
+    from mdkif.testing.synthetic import task_examples
 
     with checks.run("fusion/nf4") as r:
         prompts = [x["prompt"] for x in task_examples("triage_no", 4, seed=3)]

@@ -178,10 +178,10 @@ def main() -> None:
     name = "serve" if args.model == "tiny" else f"serve_{args.model.split('/')[-1]}"
     os.environ.setdefault("MDKIF_CACHE", "/tmp/mdkif-cache")
 
-    from mdkif.fusion.synthetic import make_synthetic_skills
     from mdkif.serving.config import ServeAppConfig, check_artifacts
     from mdkif.serving.engine import GenRequest, RoutedEngine
-    from mdkif.serving.fixtures import SKILLS, build_tiny_artifacts
+    from mdkif.testing.serving import SKILLS, build_tiny_artifacts
+    from mdkif.testing.synthetic import make_synthetic_skills
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_serve_"))
     if args.model == "tiny":

@@ -143,7 +143,7 @@ def app_args(model: str, work: Path) -> dict[str, Any]:
             if p.parent.name == "meqsum":
                 profiles["meqsum_alias"] = {"router": str(p)}
         return {"model": {"name": model}, "adapters_dir": str(REFERENCE / "adapters"), "profiles": profiles}
-    from mdkif.serving.fixtures import build_tiny_artifacts
+    from mdkif.testing.serving import build_tiny_artifacts
 
     os.environ.setdefault("MDKIF_CACHE", str(work / "cache"))
     art = build_tiny_artifacts(work / "tiny")

@@ -200,7 +200,7 @@ def part_overhead(args: argparse.Namespace, work: Path) -> dict:
 def part_parallel(args: argparse.Namespace, work: Path) -> dict:
     import ray
 
-    from mdkif.skills.commands import load_stage
+    from mdkif.skills.config import load_stage
     from mdkif.skills.runner import run_skills
 
     def once(tag: str, workers: int, cpus_per_worker: float) -> dict:

@@ -27,13 +27,13 @@ def _register() -> None:
     from mdkif.data.commands import app as data_app
     from mdkif.demo import demo_command
     from mdkif.evaluation.commands import eval_command
+    from mdkif.experiments.reference import reference_command
     from mdkif.models.commands import app as models_app
     from mdkif.rag.commands import app as rag_app
-    from mdkif.reference import reference_command
     from mdkif.routing.commands import app as route_app
-    from mdkif.routing.commands import tune
     from mdkif.serving.commands import serve as serve_command
     from mdkif.skills.commands import train as train_command
+    from mdkif.tuning.commands import tune
 
     app.add_typer(data_app, name="data", help="Build and inspect unified skill data and benchmarks.")
     app.add_typer(models_app, name="models", help="Load and check base models.")

@@ -121,7 +121,7 @@ def build_data(cfg: DemoConfig, items: list[Any]) -> Path:
 
 def train_skills(cfg: DemoConfig, data_dir: Path) -> Path:
     """Stage 2: the 12 skills on local Ray (train/skills_demo.yaml; finished skills are skipped)."""
-    from mdkif.skills.commands import load_stage
+    from mdkif.skills.config import load_stage
     from mdkif.skills.runner import print_skill_losses, run
 
     out = cfg.out / "adapters"
@@ -167,13 +167,14 @@ def build_rag(cfg: DemoConfig) -> Path:
 
 def fit_router(cfg: DemoConfig, adapters: Path, items: list[Any]) -> Path:
     """Stage 4: CMA-ES skill weights for the unseen task, on items the evaluation never scores."""
-    from mdkif.evaluation.prompts import user_message, wrap
     from mdkif.models import ModelConfig, load_model
+    from mdkif.prompts import user_message, wrap
+    from mdkif.routing.artifact import is_router, read_router_info
     from mdkif.routing.config import RouteConfig
     from mdkif.routing.pipeline import run_route
 
     out = cfg.out / "router"
-    if (out / "router.json").is_file():
+    if is_router(out):
         print(f"{out} exists: reusing it")
         return out
     # The evaluated items are the first `eval_items`; the router sees items from the end of the file.
@@ -206,7 +207,7 @@ def fit_router(cfg: DemoConfig, adapters: Path, items: list[Any]) -> Path:
         "demo router",
     )
     result = run_route(route_cfg)
-    info = json.loads((out / "router.json").read_text())
+    info = read_router_info(out)
     weights = dict(zip(info["skills"], info["weights"], strict=False))
     top = sorted(weights.items(), key=lambda kv: -abs(kv[1]))[:4]
     print("router weights (top 4):", ", ".join(f"{k} {v:+.2f}" for k, v in top))

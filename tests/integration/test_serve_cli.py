@@ -30,7 +30,7 @@ def _lines(proc: subprocess.Popen, out: queue.Queue) -> None:
 
 
 def test_mdkif_serve_throughput_optimized_answers_on_the_direct_port(tmp_path):
-    from mdkif.serving.fixtures import build_tiny_artifacts
+    from mdkif.testing.serving import build_tiny_artifacts
 
     build_tiny_artifacts(tmp_path / "runs" / "serve_tiny", rag=True, rag_chunks=16)
     shutil.copy(REPO / "serve" / "serve_tiny.yaml", tmp_path / "serve_tiny.yaml")

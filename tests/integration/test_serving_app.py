@@ -27,7 +27,7 @@ def server(tmp_path_factory):
 
     from mdkif.serving.app import build_app
     from mdkif.serving.config import ServeAppConfig
-    from mdkif.serving.fixtures import build_tiny_artifacts
+    from mdkif.testing.serving import build_tiny_artifacts
 
     root = tmp_path_factory.mktemp("serve_itest")
     cache = str(tmp_path_factory.mktemp("cache"))

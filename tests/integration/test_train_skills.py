@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mdkif.skills.commands import load_stage
+from mdkif.skills.config import load_stage
 from mdkif.skills.runner import run_skills
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mdkif.fusion.synthetic import make_synthetic_skills
+from mdkif.testing.synthetic import make_synthetic_skills
 
 
 @pytest.fixture()

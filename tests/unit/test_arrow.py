@@ -14,10 +14,10 @@ from safetensors.torch import save_file
 from mdkif.config import ConfigError, validate
 from mdkif.fusion import FusionError, SkillBank, arrow_prototypes, arrow_weights, fuse
 from mdkif.fusion.export import stacked_factors
-from mdkif.fusion.synthetic import make_synthetic_skills
 from mdkif.models import ModelConfig, load_model
 from mdkif.routing.config import RouteConfig
 from mdkif.routing.router import ArrowRouter, load_router, router_weights, save_router
+from mdkif.testing.synthetic import make_synthetic_skills
 
 SKILLS = ("triage_yes", "triage_no")
 

@@ -357,7 +357,7 @@ def _validate_config(command: list[str], params: dict[str, Any]) -> None:
 
     config, overrides = Path(params["config"]), list(params.get("overrides") or [])
     if command == ["train"]:
-        from mdkif.skills.commands import load_stage
+        from mdkif.skills.config import load_stage
 
         load_stage(config, overrides)
     elif command == ["eval"]:
@@ -366,7 +366,7 @@ def _validate_config(command: list[str], params: dict[str, Any]) -> None:
         load_config(config, EvalConfig, overrides + ([f"out={params['out']}"] if params.get("out") else []))
     elif command == ["tune"]:
         from mdkif.routing.config import RouteConfig
-        from mdkif.routing.tuning import SearchConfig
+        from mdkif.tuning.search import SearchConfig
 
         cfg = load_config(config, SearchConfig, overrides)
         if cfg.kind == "router":  # the base route config, with the base_overrides the job passes

@@ -6,7 +6,7 @@ import math
 
 from ray import tune
 
-from mdkif.routing.searcher import CmaEsSearcher
+from mdkif.tuning.searcher import CmaEsSearcher
 
 SPACE = {
     "lr": tune.loguniform(1e-4, 1.0),

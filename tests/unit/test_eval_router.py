@@ -13,9 +13,9 @@ from mdkif.config import ConfigError, validate
 from mdkif.evaluation.config import VariantConfig
 from mdkif.evaluation.worker import EvalError, load_variant_model
 from mdkif.fusion import FusedLinear, SkillBank, fuse
-from mdkif.fusion.synthetic import make_synthetic_skills
 from mdkif.models import ModelConfig, load_model
 from mdkif.routing.router import GateRouter, SkillRouter, save_router
+from mdkif.testing.synthetic import make_synthetic_skills
 
 DEMO_MCQ = Path(__file__).resolve().parents[2] / "src" / "mdkif" / "assets" / "demo_mcq" / "demo_mcq.json"
 

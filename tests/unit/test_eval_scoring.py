@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mdkif import prompts
 from mdkif.data.records import MCQRecord
-from mdkif.evaluation import prompts, scorers
+from mdkif.evaluation import scorers
 from mdkif.evaluation.config import ScoringConfig
 from mdkif.evaluation.loglik import Request, score_requests
 from mdkif.evaluation.scorers import Encoder, fit_prompt, score_records

@@ -18,8 +18,8 @@ from mdkif.fusion.export import (
     stacked_factors,
     vllm_problems,
 )
-from mdkif.fusion.synthetic import make_synthetic_skills
 from mdkif.models import ModelConfig, load_model
+from mdkif.testing.synthetic import make_synthetic_skills
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mdkif.fusion import FusionError, SkillBank, fuse, load_skill
-from mdkif.fusion.synthetic import make_synthetic_skills
 from mdkif.models import ModelConfig, load_model
+from mdkif.testing.synthetic import make_synthetic_skills
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from torch import nn
 from mdkif.fusion import FusionError, SkillBank, fuse
 from mdkif.fusion.bank import LayerDelta
 from mdkif.fusion.fused import FusedLinear, FusionState
-from mdkif.fusion.synthetic import make_synthetic_skills
 from mdkif.models import ModelConfig, load_model
+from mdkif.testing.synthetic import make_synthetic_skills
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,6 @@ def test_quantized_model_merge_is_refused_before_touching_any_layer_and_eval_sta
     with pytest.raises(FusionError, match="quantized base"):
         fused.merge(torch.tensor([0.5, 0.5]))
     assert all(torch.equal(before[n], layer.base.weight) for n, layer in fused.layers.items())
-    fused.unfuse()
 
     class Variant:
         name = "routed"

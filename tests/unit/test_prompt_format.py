@@ -142,7 +142,7 @@ def test_job_key_of_alpaca_jobs_is_unchanged_and_chat_retrains():
 
 def test_stage_config_takes_the_format_and_names_a_bad_one(tmp_path):
     from mdkif.config import ConfigError
-    from mdkif.skills.commands import load_stage
+    from mdkif.skills.config import load_stage
 
     path = tmp_path / "s.yaml"
     path.write_text(
@@ -156,7 +156,7 @@ def test_stage_config_takes_the_format_and_names_a_bad_one(tmp_path):
 
 @pytest.fixture(scope="module")
 def skills(tmp_path_factory):
-    from mdkif.serving.fixtures import build_tiny_artifacts
+    from mdkif.testing.serving import build_tiny_artifacts
 
     mp = pytest.MonkeyPatch()
     mp.setenv("MDKIF_CACHE", str(tmp_path_factory.mktemp("cache")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from mdkif.reference import ReferenceConfig
+from mdkif.experiments.reference import ReferenceConfig
 
 
 def _cfg(**extra) -> ReferenceConfig:

@@ -9,12 +9,12 @@ import torch
 
 from mdkif.config import ConfigError, validate
 from mdkif.fusion import FusionError, SkillBank, fuse
-from mdkif.fusion.synthetic import make_synthetic_skills
 from mdkif.models import ModelConfig, load_model
 from mdkif.routing.config import RouteConfig
 from mdkif.routing.data import encode, load_examples
 from mdkif.routing.fit import fit_cmaes, fit_gate, fit_gradient, task_loss
 from mdkif.routing.router import GateRouter, SkillRouter, load_router, save_router
+from mdkif.testing.synthetic import make_synthetic_skills
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_cmaes_never_returns_worse_than_its_start(setup):
 
 def _triage_records(answer: str, n: int = 8) -> list:
     from mdkif.data.tasks import TaskRecord
-    from mdkif.fusion.synthetic import FINDINGS
+    from mdkif.testing.synthetic import FINDINGS
 
     return [
         TaskRecord(

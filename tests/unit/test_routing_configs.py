@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from mdkif.config import load_config, load_yaml
+from mdkif.experiments.unseen import ExperimentConfig
 from mdkif.routing.config import RouteConfig
-from mdkif.routing.experiment import ExperimentConfig
-from mdkif.routing.tuning import SearchConfig
+from mdkif.tuning.search import SearchConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((REPO / "route").glob("*.yaml")) + [
@@ -58,7 +58,7 @@ def test_points_to_evaluate_must_set_the_space_keys(tmp_path):
 
 
 def test_random_search_runs_the_given_points_as_nested_configs(tmp_path):
-    from mdkif.routing.tuning import make_searcher
+    from mdkif.tuning.search import make_searcher
 
     path = tmp_path / "search.yaml"
     path.write_text(

@@ -12,7 +12,7 @@ from torch import nn
 
 from mdkif.serving.config import check_artifacts, load_app_config
 from mdkif.serving.engine import GenRequest, MergedCache, RoutedEngine, weights_key
-from mdkif.serving.fixtures import build_tiny_artifacts
+from mdkif.testing.serving import build_tiny_artifacts
 
 PROMPT = "Answer yes or no: crushing chest pain"
 # Six distinct fixed mixtures, then two names for weights another profile already has.

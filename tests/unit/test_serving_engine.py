@@ -8,8 +8,8 @@ import torch
 from mdkif.rag.types import Passage
 from mdkif.serving.config import check_artifacts, load_app_config
 from mdkif.serving.engine import GenRequest, RoutedEngine, _Row
-from mdkif.serving.fixtures import build_tiny_artifacts
 from mdkif.serving.protocol import APIError
+from mdkif.testing.serving import build_tiny_artifacts
 
 PROMPTS = [
     "Patient with fever.",

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _train(p: Path):
-    from mdkif.skills.commands import load_stage
+    from mdkif.skills.config import load_stage
 
     return load_stage(p)
 
@@ -43,8 +43,8 @@ def _route(p: Path):
 
 
 def _tune(p: Path):
-    from mdkif.routing.experiment import ExperimentConfig
-    from mdkif.routing.tuning import SearchConfig
+    from mdkif.experiments.unseen import ExperimentConfig
+    from mdkif.tuning.search import SearchConfig
 
     # tune/ holds searches and the unseen-task experiment; the first line names the command that runs it.
     schema = ExperimentConfig if "--experiment" in p.read_text().splitlines()[0] else SearchConfig
@@ -66,7 +66,7 @@ def _cluster(p: Path):
 
 
 def _bench(p: Path):
-    from mdkif.reference import ReferenceConfig
+    from mdkif.experiments.reference import ReferenceConfig
 
     # bench/ holds the reference run's config; its skills stage config must load too.
     cfg = load_config(p, ReferenceConfig)

@@ -139,12 +139,12 @@ def test_ensure_experiment_creates_it_once(store: str) -> None:
 def test_every_stage_config_has_a_tracking_block() -> None:
     from mdkif.demo import DemoConfig
     from mdkif.evaluation.config import EvalConfig
+    from mdkif.experiments.reference import ReferenceConfig
+    from mdkif.experiments.unseen import ExperimentConfig
     from mdkif.rag.config import RagIndexConfig
-    from mdkif.reference import ReferenceConfig
     from mdkif.routing.config import RouteConfig
-    from mdkif.routing.experiment import ExperimentConfig
-    from mdkif.routing.tuning import SearchConfig
     from mdkif.skills.config import CommonStage
+    from mdkif.tuning.search import SearchConfig
 
     for schema in (DemoConfig, EvalConfig, RagIndexConfig, ReferenceConfig, RouteConfig, ExperimentConfig):
         assert schema.model_fields["tracking"].annotation is TrackingConfig, schema

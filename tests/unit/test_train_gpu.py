@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from mdkif.config import ConfigError
-from mdkif.skills.commands import load_stage
+from mdkif.skills.config import load_stage
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "train"
@@ -115,7 +115,7 @@ def test_adalora_tune_trial_trainer_asks_for_the_base_configs_gpus(tmp_path, tra
     from ray import tune
 
     from mdkif.config import apply_overrides, load_yaml
-    from mdkif.routing.tuning import adalora_trial
+    from mdkif.tuning.search import adalora_trial
 
     class Context:
         def get_trial_dir(self):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mdkif.skills.commands import load_stage
+from mdkif.skills.config import load_stage
 from mdkif.skills.runner import run
 
 REPO = Path(__file__).resolve().parents[2]

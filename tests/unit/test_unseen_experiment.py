@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mdkif.config import ConfigError, validate
-from mdkif.fusion.synthetic import make_synthetic_skills
-from mdkif.routing.experiment import ExperimentConfig, run_experiment, split_task
+from mdkif.experiments.unseen import ExperimentConfig, run_experiment, split_task
+from mdkif.testing.synthetic import make_synthetic_skills
 
 DEMO_MCQ = Path(__file__).resolve().parents[2] / "src" / "mdkif" / "assets" / "demo_mcq" / "demo_mcq.json"
 
@@ -71,7 +71,7 @@ def test_routers_per_k_scored_by_the_harness(skills_root, tmp_path):
 
 
 def test_test_items_never_fitted_on(tmp_path):
-    from mdkif.routing.experiment import UnseenTask
+    from mdkif.experiments.unseen import UnseenTask
 
     task = UnseenTask(name="pubmedqa", source=str(DEMO_MCQ), split="pubmedqa")
     test, pool = split_task(task, n_test=10, max_k=20, seed=0)
@@ -88,7 +88,7 @@ def test_gate_router_and_repeated_ks_refused(skills_root, tmp_path):
 
 
 def test_arrow_row_settings_are_checked_and_optional(skills_root, tmp_path):
-    from mdkif.routing.experiment import write_table
+    from mdkif.experiments.unseen import write_table
 
     with pytest.raises(ConfigError, match=r"arrow\.top_k.*more than the number of skills \(2\)"):
         config(skills_root, tmp_path, arrow={"top_k": 3})

@@ -16,8 +16,9 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from mdkif import prompts
 from mdkif.data.records import MCQRecord
-from mdkif.evaluation import prompts, voc
+from mdkif.evaluation import voc
 from mdkif.evaluation.config import RetrieverConfig, ScoringConfig
 from mdkif.evaluation.loglik import Request, generate, score_requests
 from mdkif.evaluation.parsing import parse_answer

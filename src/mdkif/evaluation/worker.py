@@ -9,7 +9,6 @@ bounds a worker's memory to one model.
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,15 +90,16 @@ def fuse_router(model: Any, variant: VariantConfig) -> Any:
     import torch
 
     from mdkif.fusion import FusionError, SkillBank, fuse
+    from mdkif.routing.artifact import is_router, read_router_info
     from mdkif.routing.router import load_router, router_weights
 
     ref = variant.router
     arrow = None
     try:
         if ref.path is not None:
-            info = json.loads((ref.path / "router.json").read_text()) if ref.path.is_dir() else None
-            if info is None:
+            if not is_router(ref.path):
                 raise EvalError(f"variant {variant.name}: router artifact {ref.path} not found")
+            info = read_router_info(ref.path)
             bank = SkillBank.from_dir(ref.adapters, info["skills"])
             if info.get("kind") == "arrow":
                 arrow, _ = load_router(ref.path, bank)
@@ -137,9 +137,6 @@ class ShardWorker:
         self._retrievers: dict[str, Retriever] = {}
         self.model_loads = 0
         self.shards_scored = 0
-
-    def current_model_key(self) -> str | None:
-        return self._model_key
 
     def _ensure_model(self, variant: VariantConfig) -> None:
         key = variant.model_key()

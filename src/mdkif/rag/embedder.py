@@ -97,11 +97,6 @@ class Embedder:
         return out
 
 
-def load_embedder(cfg: EmbedderConfig | None = None) -> Embedder:
-    """Build an :class:`Embedder` (a function so callers and tests share one entry point)."""
-    return Embedder(cfg)
-
-
 def chroma_embedding_function(embedder: Embedder | EmbedderConfig) -> Any:
     """Wrap an embedder as Chroma's embedding function, so Chroma never uses its downloading default.
 

@@ -1,5 +1,7 @@
-"""`mdkif route CONFIG` (fit and save a router), `mdkif route export` (a routed mixture as one LoRA) and
-`mdkif tune CONFIG` (Ray Tune search)."""
+"""`mdkif route CONFIG` (fit and save a router) and `mdkif route export` (a routed mixture as one LoRA).
+
+A CLI module: like every `*.commands` module it sits at the top of the package graph (the unseen-task
+experiment behind `--experiment` lives in `mdkif.experiments`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from typing import Annotated
 import click
 import typer
 from typer.core import TyperGroup
+
+from mdkif.routing.artifact import ROUTER_FILE, read_router_info, router_folder
 
 
 class _FitByDefault(TyperGroup):
@@ -79,11 +83,11 @@ def export(
         raise typer.BadParameter(f"dtype {dtype!r}: choose one of {sorted(dtypes)}", param_hint="--dtype")
     path = Path(source)
     try:
-        if path.is_dir() or path.name == "router.json":
+        if path.is_dir() or path.name == ROUTER_FILE:
             from mdkif.routing.router import router_weights
 
-            folder = path if path.is_dir() else path.parent
-            names = json.loads((folder / "router.json").read_text())["skills"]
+            folder = router_folder(path)
+            names = read_router_info(folder)["skills"]
             bank = SkillBank.from_dir(skills, names)
             weights, info = router_weights(folder, bank)
             groups = info["layer_groups"] if weights.dim() == 2 else None
@@ -131,7 +135,7 @@ def route(
     from mdkif.routing.config import RouteConfig
 
     if experiment:
-        from mdkif.routing.experiment import ExperimentConfig, run_experiment
+        from mdkif.experiments.unseen import ExperimentConfig, run_experiment
 
         result = run_experiment(load_config(config, ExperimentConfig, overrides or []))
         typer.echo(Path(result["table"]).read_text())
@@ -141,19 +145,4 @@ def route(
     from mdkif.routing.pipeline import run_route
 
     summary = run_route(cfg)
-    typer.echo(json.dumps(summary, indent=2))
-
-
-def tune(
-    config: Annotated[
-        Path, typer.Argument(help="tune config YAML (tune/router_search.yaml, tune/adalora_search.yaml)")
-    ],
-    overrides: Annotated[list[str] | None, typer.Argument(help="config overrides, key=value")] = None,
-) -> None:
-    """Search router or AdaLoRA settings with Ray Tune (CMA-ES searcher by default); save table + best config."""
-    from mdkif.config import load_config
-    from mdkif.routing.tuning import SearchConfig, run_tune
-
-    cfg = load_config(config, SearchConfig, overrides or [])
-    summary = run_tune(cfg)
     typer.echo(json.dumps(summary, indent=2))

@@ -23,6 +23,7 @@ from torch import nn
 
 from mdkif.fusion import FusedModel, FusionError, SkillBank
 from mdkif.fusion.arrow import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+from mdkif.routing.artifact import ROUTER_FILE, TENSORS_FILE, read_router_info, router_folder
 
 Normalize = Literal["softmax", "linear"]
 
@@ -153,18 +154,17 @@ def save_router(
         info["width"] = router.width
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()},
-        str(out / "router.safetensors"),
+        str(out / TENSORS_FILE),
     )
-    path = out / "router.json"
+    path = out / ROUTER_FILE
     path.write_text(json.dumps(info, indent=2) + "\n")
     return path
 
 
 def load_router(path: str | Path, bank: SkillBank | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a router from its artifact folder (or its router.json); checks the bank's skills match."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    info = json.loads((folder / "router.json").read_text())
+    folder = router_folder(path)
+    info = read_router_info(folder)
     if bank is not None:
         if bank.names != info["skills"]:
             raise FusionError(
@@ -183,7 +183,7 @@ def load_router(path: str | Path, bank: SkillBank | None = None) -> tuple[nn.Mod
         router: nn.Module = SkillRouter(K, L, info["per_layer"], info["temperature"], info["normalize"])
     else:
         router = GateRouter(info["hidden_size"], K, L, info["per_layer"], info["temperature"], info["width"])
-    router.load_state_dict(load_file(str(folder / "router.safetensors")))
+    router.load_state_dict(load_file(str(folder / TENSORS_FILE)))
     return router, info
 
 

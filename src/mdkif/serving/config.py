@@ -15,10 +15,10 @@ from pydantic import Field, field_validator, model_validator
 
 from mdkif.config import ConfigError, StrictModel, load_yaml, validate
 from mdkif.models.config import ModelConfig
+from mdkif.routing.artifact import ROUTER_FILE, router_folder
 from mdkif.serving.protocol import LOOPBACK_HOSTS, LimitsConfig
 
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-ROUTER_FILE = "router.json"
 ADAPTER_CONFIG = "adapter_config.json"
 INDEX_MANIFEST = "index_manifest.json"
 
@@ -202,7 +202,7 @@ def check_artifacts(cfg: ServeAppConfig, base: Path | None = None) -> ServeAppCo
     for name, p in cfg.profiles.items():
         if p.router is not None:
             folder = absolute(p.router)
-            folder = folder.parent if folder.name == ROUTER_FILE else folder
+            folder = router_folder(folder)
             _exists(folder / ROUTER_FILE, "router artifact", f"profiles.{name}.router")
             data["profiles"][name]["router"] = folder
         for skill in p.weights or {}:

@@ -50,10 +50,6 @@ from mdkif.serving.protocol import (
 log = logging.getLogger("ray.serve")
 
 
-def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"status": status, **APIError(status, message, param, code).body()}
-
-
 # ---- Retriever ----------------------------------------------------------------------------------------
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class Retriever:
@@ -137,7 +133,8 @@ class RoutedModel:
                 chunk = await asyncio.to_thread(next, steps, None)
             except Exception as exc:  # noqa: BLE001 - the ingress already answered 200: an in-band error
                 log.exception("streamed generation failed")
-                yield _error(500, f"generation failed: {type(exc).__name__}", code="internal_error")
+                err = APIError(500, f"generation failed: {type(exc).__name__}", code="internal_error")
+                yield {"status": err.status, **err.body()}
                 return
             if chunk is None:
                 return

@@ -24,23 +24,22 @@ its batch needs, so a streaming request (which bypasses batching) may interleave
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from mdkif.evaluation.prompts import render_passages
 from mdkif.fusion import FusedModel, FusionError, SkillBank, fuse
 from mdkif.models import load_model
 from mdkif.models.prompting import PromptFormatError, check_format, encode_text, render_messages
 from mdkif.models.tokens import end_of_turn_ids
+from mdkif.prompts import render_passages
 from mdkif.rag.types import Passage
+from mdkif.routing.artifact import read_router_info
 from mdkif.routing.router import ArrowRouter, GateRouter, load_router, pooled_prompt_state
 from mdkif.serving.config import ServeAppConfig
 from mdkif.serving.protocol import APIError
@@ -247,7 +246,7 @@ class RoutedEngine:
         # order the (first) router was fitted with; load_router then checks every other router agrees.
         for p in cfg.profiles.values():
             if p.router is not None:
-                return json.loads((Path(p.router) / "router.json").read_text())["skills"]
+                return read_router_info(p.router)["skills"]
         return None
 
     def _profile(self, name: str, p: Any) -> Profile:

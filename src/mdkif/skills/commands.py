@@ -12,29 +12,7 @@ from typing import Annotated
 
 import typer
 
-from mdkif.config import apply_overrides, load_yaml, validate
-
-
-def load_stage(path: Path, overrides: list[str] | None = None):
-    """Load a stage YAML (skills, cpt, sft, task or pipeline) as its typed config; ConfigError if wrong."""
-    from pydantic import TypeAdapter
-
-    from mdkif.config import ConfigError
-    from mdkif.skills.config import StageConfig
-
-    data = load_yaml(path)
-    apply_overrides(data, list(overrides or []), origin=f"{path}: ")
-    if data.get("stage") not in ("skills", "cpt", "sft", "task", "pipeline"):
-        raise ConfigError(
-            f"{path}: field 'stage': expected one of skills, cpt, sft, task, pipeline (got {data.get('stage')!r})"
-        )
-
-    class _Wrap:  # validate() wants a model class; a TypeAdapter does the discriminated union
-        @staticmethod
-        def model_validate(d):
-            return TypeAdapter(StageConfig).validate_python(d)
-
-    return validate(_Wrap, data, str(path))  # type: ignore[arg-type]
+from mdkif.skills.config import load_stage
 
 
 def train(

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, TypeAdapter, model_validator
 
-from mdkif.config import StrictModel
+from mdkif.config import ConfigError, StrictModel, apply_overrides, load_yaml, validate
 from mdkif.data.records import SKILLS
 from mdkif.models.config import ModelConfig
 from mdkif.tracking import TrackingConfig
@@ -245,3 +245,20 @@ class PipelineStage(CommonStage):
 
 
 StageConfig = Annotated[SkillsStage | CptStage | SftStage | PipelineStage, Field(discriminator="stage")]
+
+
+def load_stage(path: Path, overrides: list[str] | None = None):
+    """Load a stage YAML (skills, cpt, sft, task or pipeline) as its typed config; ConfigError if wrong."""
+    data = load_yaml(path)
+    apply_overrides(data, list(overrides or []), origin=f"{path}: ")
+    if data.get("stage") not in ("skills", "cpt", "sft", "task", "pipeline"):
+        raise ConfigError(
+            f"{path}: field 'stage': expected one of skills, cpt, sft, task, pipeline (got {data.get('stage')!r})"
+        )
+
+    class _Wrap:  # validate() wants a model class; a TypeAdapter does the discriminated union
+        @staticmethod
+        def model_validate(d):
+            return TypeAdapter(StageConfig).validate_python(d)
+
+    return validate(_Wrap, data, str(path))  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ def build_tiny_artifacts(root: str | Path, rag: bool = False, rag_chunks: int = 
     """
     from mdkif.fusion import SkillBank, fuse
     from mdkif.models import ModelConfig, load_model
+    from mdkif.routing.artifact import is_router
     from mdkif.routing.router import ArrowRouter, GateRouter, SkillRouter, save_router
     from mdkif.testing.synthetic import make_synthetic_skills
 

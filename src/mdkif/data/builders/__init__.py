@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from mdkif.data.builders import (  # --- other engineer: add your modules to this list too ---
+from mdkif.data.builders import (
     anatem,
     bc5cdr_cdr,
     bc5cdr_ner,
@@ -37,7 +37,7 @@ _BUILDERS: tuple[ModuleType, ...] = (
     mts_dialog,
     chatdoctor,
     hoc,
-    # --- ner, relation_extraction, entity_* builders: one line each below (other engineer) ---
+    # ner, relation extraction, entity attribute / synonymy / relation
     ncbi_disease,
     bc5cdr_ner,
     anatem,

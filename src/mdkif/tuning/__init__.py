@@ -1,0 +1,1 @@
+"""Ray Tune searches over router and AdaLoRA settings (`search`), with a CMA-ES searcher (`searcher`)."""
