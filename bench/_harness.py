@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mdkif.io import write_atomic
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -95,12 +97,6 @@ def ray_session(num_cpus: int | None = None, **kwargs: Any) -> Iterator[None]:
             ray.shutdown()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_results(
     name: str,
     data: dict[str, Any],
@@ -117,9 +113,9 @@ def write_results(
     elif given:
         doc["machine_note"] = given
     path = results / f"{name}.json"
-    _write_atomic(path, json.dumps(doc, indent=2, default=str) + "\n")
+    write_atomic(path, json.dumps(doc, indent=2, default=str) + "\n")
     if markdown is not None:
-        _write_atomic(results / f"{name}.md", markdown if markdown.endswith("\n") else markdown + "\n")
+        write_atomic(results / f"{name}.md", markdown if markdown.endswith("\n") else markdown + "\n")
     return path
 
 

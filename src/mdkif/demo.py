@@ -51,7 +51,10 @@ class DemoConfig(StrictModel):
     router_val: int = Field(8, ge=1)
     router_evals: int = Field(18, ge=2, description="CMA-ES candidate evaluations")
     eval_items: int = Field(60, ge=5, description="PubMedQA items evaluated per variant")
-    rag_k: int = Field(3, ge=1)
+    rag_k: int = Field(3, ge=1, description="passages per question, evaluated and served")
+    rag_passage_chars: int = Field(
+        500, ge=50, description="characters per passage, evaluated and served (one setting for both)"
+    )
     serve: bool = True
     tracking: TrackingConfig = Field(
         default_factory=TrackingConfig, description="one parent run for the demo, a child per stage"
@@ -165,7 +168,7 @@ def build_rag(cfg: DemoConfig) -> Path:
     return out
 
 
-def fit_router(cfg: DemoConfig, adapters: Path, items: list[Any]) -> Path:
+def fit_demo_router(cfg: DemoConfig, adapters: Path, items: list[Any]) -> Path:
     """Stage 4: CMA-ES skill weights for the unseen task, on items the evaluation never scores."""
     from mdkif.models import ModelConfig, load_model
     from mdkif.prompts import user_message, wrap
@@ -222,7 +225,12 @@ def evaluate(cfg: DemoConfig, source: str, adapters: Path, router: Path, index: 
 
     model = {"name": cfg.model}
     scoring = {"method": "loglik", "batch_size": 8}
-    retriever = {"index": str(index), "options": {"mode": "hybrid"}, "k": cfg.rag_k, "max_chars": 500}
+    retriever = {
+        "index": str(index),
+        "options": {"mode": "hybrid"},
+        "k": cfg.rag_k,
+        "passage_chars": cfg.rag_passage_chars,
+    }
     routed = {"adapters": str(adapters), "path": str(router)}
     variants = [
         {"name": "base", "model": model, "scoring": scoring},
@@ -285,6 +293,11 @@ def serve_demo(cfg: DemoConfig, port: int = 8000) -> None:
     raw, _ = apps[0]
     args = _relocate(raw["args"], cfg.out)
     args["model"] = {**args.get("model", {}), "name": cfg.model}
+    # Serve what was evaluated: the demo's retrieval settings, not the shipped file's.
+    args["rag"] = {**args.get("rag", {}), "passage_chars": cfg.rag_passage_chars}
+    for profile in args.get("profiles", {}).values():
+        if profile.get("rag"):
+            profile["k"] = cfg.rag_k
     app_cfg = check_artifacts(load_app_config(args, "serve/serve_config.yaml args"))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(app_cfg), name="mdkif", route_prefix="/")
@@ -335,7 +348,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         stage("3/6 RAG index (Chroma)")
         index = build_rag(cfg)
         stage("4/6 router for the unseen task (CMA-ES)")
-        router = fit_router(cfg, adapters, items)
+        router = fit_demo_router(cfg, adapters, items)
         stage("5/6 evaluation: base / RAG / skills+router / skills+router+RAG")
         summary = evaluate(cfg, source, adapters, router, index)
         report = cfg.out / "eval" / "report.md"

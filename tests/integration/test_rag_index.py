@@ -9,7 +9,7 @@ import pytest
 from mdkif.rag.config import RagIndexConfig
 from mdkif.rag.index import build_index
 from mdkif.rag.retriever import ChromaRetriever
-from mdkif.rag.store import MANIFEST
+from mdkif.rag.store import INDEX_MANIFEST
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_build_resume_rebuild_and_query(shared_data, tmp_path, ray_local):
     again = build_index(_config(shared_data, tmp_path, max_chunks=60))  # re-run: adds nothing
     assert (again.added, again.total) == (0, 60)
 
-    manifest = json.loads((tmp_path / "index" / MANIFEST).read_text())
+    manifest = json.loads((tmp_path / "index" / INDEX_MANIFEST).read_text())
     assert manifest["total"] == 60 and manifest["collection"] == "itest"
     assert set(full.per_source) == {"pubmedqa", "medquad"}
 

@@ -151,6 +151,7 @@ def test_quantized_model_merge_is_refused_before_touching_any_layer_and_eval_sta
     with pytest.raises(FusionError, match="quantized base"):
         fused.merge(torch.tensor([0.5, 0.5]))
     assert all(torch.equal(before[n], layer.base.weight) for n, layer in fused.layers.items())
+    fused.unfuse()
 
     class Variant:
         name = "routed"

@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PKG = SRC / "mdkif"
 
 LAYERS: list[set[str]] = [
-    {"config", "assets"},
+    {"config", "assets", "io"},
     {"tracking"},
     {"data"},
     {"models"},

@@ -12,8 +12,8 @@ from mdkif.config import ConfigError, load_config
 from mdkif.rag.chunking import Document, chunk_document, chunk_documents, chunk_id, chunk_text
 from mdkif.rag.config import ChunkingConfig, RagIndexConfig
 from mdkif.rag.corpora import read_corpus
-from mdkif.rag.fusion import reciprocal_rank_fusion
 from mdkif.rag.lexical import BM25Index, matches, tokenize
+from mdkif.rag.rank_fusion import reciprocal_rank_fusion
 from mdkif.rag.retriever import combine_filters
 
 REPO = Path(__file__).resolve().parents[2]

@@ -36,7 +36,7 @@ from mdkif.data.records import SKILLS, SkillRecord
 from mdkif.tracking import Run
 
 SPLITS = ("train", "validation")
-MANIFEST = "manifest.json"
+DATA_MANIFEST = "manifest.json"
 FORMAT = "mdkif-skill-data/1"
 
 
@@ -229,7 +229,7 @@ def write_skill_data(
                 random.Random(f"{seed}:order:{skill}:{split}").shuffle(rows)
                 with (tmp / skill / f"{split}.jsonl").open("w", encoding="utf-8") as fh:
                     fh.writelines(r.model_dump_json() + "\n" for r in rows)
-        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        (tmp / DATA_MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -239,7 +239,7 @@ def write_skill_data(
 
 def load_manifest(out_dir: str | Path) -> Manifest:
     """The manifest of a built skill-data folder; a DataError naming the file if absent or invalid."""
-    path = Path(out_dir) / MANIFEST
+    path = Path(out_dir) / DATA_MANIFEST
     if not path.is_file():
         raise DataError(path, "no manifest: not a skill-data folder (run `mdkif data build`)")
     try:
@@ -302,7 +302,7 @@ def _replace_dir(new: Path, out: Path) -> None:
     if not out.exists():
         os.replace(new, out)
         return
-    if not (out / MANIFEST).is_file() and any(out.iterdir()):
+    if not (out / DATA_MANIFEST).is_file() and any(out.iterdir()):
         raise DataError(
             out, "exists and is not a skill-data folder (no manifest.json); refusing to replace it"
         )

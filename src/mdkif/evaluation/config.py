@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from mdkif.config import StrictModel
 from mdkif.models import ModelConfig
+from mdkif.rag.config import RetrievalSettings
 from mdkif.tracking import TrackingConfig
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -72,7 +73,7 @@ class ScoringConfig(StrictModel):
         return 256 if self.method == "cot" else 8
 
 
-class RetrieverConfig(StrictModel):
+class RetrieverConfig(RetrievalSettings):
     """Where RAG passages come from. Retrieval is always by the question alone (MIRAGE's rule)."""
 
     index: str = Field(
@@ -85,8 +86,6 @@ class RetrieverConfig(StrictModel):
     options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for the factory, e.g. {mode: hybrid}"
     )
-    k: int = Field(5, ge=1, le=50, description="passages per question")
-    max_chars: int = Field(800, ge=50, description="each passage is cut to this many characters")
     exclude_gold: bool = Field(
         True,
         description="PubMedQA items: keep their own abstract (same pmid) out of the results, MIRAGE's "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from mdkif.evaluation.config import (
 from mdkif.evaluation.fewshot import load_shots
 from mdkif.evaluation.report import build_summary, write_reports
 from mdkif.evaluation.worker import EvalError, ShardTask, ShardWorker, import_factory
+from mdkif.io import write_atomic
 from mdkif.tracking import Run, stage_run
 
 
@@ -153,19 +153,6 @@ def check_unseen(cfg: EvalConfig, columns: Columns) -> dict[str, str]:
 
 def shard_path(out: Path, variant: str, benchmark: str, index: int) -> Path:
     return out / variant / benchmark / f"shard-{index:04d}.jsonl"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same folder and a rename (all or nothing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _jsonl(rows: Iterable[dict[str, Any]]) -> str:

@@ -22,6 +22,7 @@ from mdkif.evaluation import voc
 from mdkif.evaluation.config import RetrieverConfig, ScoringConfig
 from mdkif.evaluation.loglik import Request, generate, score_requests
 from mdkif.evaluation.parsing import parse_answer
+from mdkif.rag.config import PASSAGE_CHARS, PASSAGES_K
 from mdkif.rag.types import Passage, Retriever
 
 
@@ -106,7 +107,7 @@ def retrieve(retriever: Retriever, record: MCQRecord, cfg: RetrieverConfig | Non
     For PubMedQA the item's own abstract is excluded (MIRAGE's PubMedQA*): through the retriever's
     `exclude` keyword when it has one (mdkif.rag's ChromaRetriever), else as a Chroma-style `where`.
     """
-    k = cfg.k if cfg else 5
+    k = cfg.k if cfg else PASSAGES_K
     pmid = gold_pmid(record) if (cfg is None or cfg.exclude_gold) else None
     if pmid is None:
         return retriever.retrieve(record.question, k)
@@ -141,7 +142,7 @@ def score_records(
     enc = Encoder(tokenizer, scoring)
     method = scoring.method
     text_target = scoring.target == "text" and method in ("loglik", "voc")
-    chars = retriever_cfg.max_chars if retriever_cfg else 800
+    chars = retriever_cfg.passage_chars if retriever_cfg else PASSAGE_CHARS
 
     rows: list[dict[str, Any]] = []
     prompt_ids: list[tuple[int, ...]] = []

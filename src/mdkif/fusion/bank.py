@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-MANIFEST = "skills.json"
+SKILLS_MANIFEST = "skills.json"
 TRAINING_METRICS = "metrics.json"  # written beside each adapter by the skills stage
 _KEY = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>[ABE])(?:\.weight)?(?:\.default)?$"
@@ -208,8 +208,8 @@ class SkillBank:
             )
         manifest_digest = base = None
         found = sorted(p.name for p in root.iterdir() if (p / ADAPTER_CONFIG).is_file())
-        if (root / MANIFEST).is_file():
-            raw = (root / MANIFEST).read_bytes()
+        if (root / SKILLS_MANIFEST).is_file():
+            raw = (root / SKILLS_MANIFEST).read_bytes()
             manifest_digest = hashlib.sha256(raw).hexdigest()[:16]
             manifest = json.loads(raw)
             base = manifest.get("base_model") if isinstance(manifest, dict) else None

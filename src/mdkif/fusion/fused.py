@@ -352,6 +352,15 @@ class FusedModel(nn.Module):
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
+    def unfuse(self) -> nn.Module:
+        """Put the original linears back (unmerging first) and return the plain base model."""
+        self.unmerge()
+        for name, layer in self.layers.items():
+            parent, _, child = name.rpartition(".")
+            setattr(self.model.get_submodule(parent) if parent else self.model, child, layer.base)
+        self.layers = {}
+        return self.model
+
 
 def fuse(model: nn.Module, bank: SkillBank) -> FusedModel:
     """Wrap `model`'s adapted linears with the bank's stacked factors (in place) and return the fused model."""

@@ -26,6 +26,18 @@ CorpusKind = Literal["medquad", "pubmedqa", "wikidoc", "folder"]
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 
 
+PASSAGES_K = 5  # passages per question
+PASSAGE_CHARS = 800  # characters of each passage that reach the prompt
+
+
+class RetrievalSettings(StrictModel):
+    """How many passages a question gets and how much of each reaches the prompt. One model with one
+    default for evaluation and serving alike, so what is evaluated is what is served."""
+
+    k: int = Field(PASSAGES_K, ge=1, le=50, description="passages retrieved per question")
+    passage_chars: int = Field(PASSAGE_CHARS, ge=50, description="characters kept per passage in the prompt")
+
+
 class CorpusSpec(StrictModel):
     """One source of documents: which reader parses it, and where it is."""
 

@@ -10,10 +10,7 @@ embedding, so a re-run adds nothing and an interrupted build resumes where its l
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,12 +20,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from mdkif.io import write_json_atomic
 from mdkif.rag.chunking import Chunk, chunk_documents
 from mdkif.rag.config import EmbedderConfig, RagIndexConfig
 from mdkif.rag.corpora import read_corpus
 from mdkif.rag.embedder import Embedder
 from mdkif.rag.lexical import BM25Index
-from mdkif.rag.store import MANIFEST, bm25_path, existing_ids, open_client, open_collection, read_all
+from mdkif.rag.store import INDEX_MANIFEST, bm25_path, existing_ids, open_client, open_collection, read_all
 from mdkif.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -111,14 +109,6 @@ def embed_locally(cfg: RagIndexConfig, chunks: list[Chunk]) -> Iterator[tuple[li
         yield [c.id for c in part], embedder.embed([c.text for c in part])
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    # Temp file + rename in the same folder: a reader sees the old manifest or the new one, never half.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-    os.replace(tmp, path)
-
-
 def build_bm25(collection: Any, persist_dir: Path, name: str) -> BM25Index:
     """Rebuild the BM25 cache from the whole collection (so it always matches it) and save it."""
     ids, docs, metas = read_all(collection)
@@ -153,7 +143,7 @@ def build_index(cfg: RagIndexConfig, progress: bool = False) -> BuildReport:
                 }
                 | {f"chunks/{k}": v for k, v in report.per_source.items()}
             )
-            run.artifact(Path(cfg.persist_dir) / MANIFEST)
+            run.artifact(Path(cfg.persist_dir) / INDEX_MANIFEST)
     return report
 
 
@@ -215,5 +205,5 @@ def _build_index(cfg: RagIndexConfig, progress: bool) -> BuildReport:
         "embedded_with": f"ray ({cfg.num_actors} actors)" if cfg.use_ray else "single process",
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_json_atomic(Path(cfg.persist_dir) / MANIFEST, manifest)
+    write_json_atomic(Path(cfg.persist_dir) / INDEX_MANIFEST, manifest)
     return report

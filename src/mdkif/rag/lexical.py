@@ -7,16 +7,16 @@ so scoring here walks an inverted index instead and gives the same numbers (a un
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rank_bm25 import BM25Okapi
+
+from mdkif.io import write_atomic
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 # A short list: BM25's idf already discounts common words; this only keeps query noise out of scoring.
@@ -127,11 +127,7 @@ class BM25Index:
 
     def save(self, path: Path, count: int) -> None:
         """Pickle atomically (temp file + rename), tagged with the collection's size it was built from."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump({"count": count, "index": self}, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+        write_atomic(path, pickle.dumps({"count": count, "index": self}, protocol=pickle.HIGHEST_PROTOCOL))
 
     @staticmethod
     def load(path: Path, count: int) -> BM25Index | None:

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 from mdkif.rag.config import EmbedderConfig
 from mdkif.rag.embedder import Embedder
-from mdkif.rag.fusion import RRF_K, reciprocal_rank_fusion
 from mdkif.rag.index import build_bm25
 from mdkif.rag.lexical import BM25Index
-from mdkif.rag.store import MANIFEST, bm25_path, open_client, open_collection
+from mdkif.rag.rank_fusion import RRF_K, reciprocal_rank_fusion
+from mdkif.rag.store import INDEX_MANIFEST, bm25_path, open_client, open_collection
 from mdkif.rag.types import Passage
 
 Mode = Literal["dense", "bm25", "hybrid"]
@@ -77,7 +77,7 @@ class ChromaRetriever:
     ) -> ChromaRetriever:
         """Open a built index; the collection and embedder default to what its manifest recorded."""
         persist_dir = Path(persist_dir)
-        manifest_path = persist_dir / MANIFEST
+        manifest_path = persist_dir / INDEX_MANIFEST
         if not manifest_path.is_file():
             raise FileNotFoundError(
                 f"{manifest_path}: no index here; build one with `mdkif rag index CONFIG`"

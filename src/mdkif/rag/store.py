@@ -12,7 +12,7 @@ from typing import Any
 from mdkif.rag.config import EmbedderConfig
 from mdkif.rag.embedder import Embedder, chroma_embedding_function
 
-MANIFEST = "index_manifest.json"
+INDEX_MANIFEST = "index_manifest.json"
 
 
 def bm25_path(persist_dir: Path, collection: str) -> Path:

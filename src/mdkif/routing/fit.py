@@ -22,7 +22,7 @@ from mdkif.fusion import FusedModel
 from mdkif.routing.data import Batch, LabelBatch, objective
 from mdkif.routing.router import ArrowRouter, GateRouter, SkillRouter, pooled_prompt_state
 
-Regularizer = Literal["none", "entropy", "l1"]
+RegularizerKind = Literal["none", "entropy", "l1"]
 
 
 @dataclass
@@ -34,7 +34,7 @@ class FitResult:
     final_loss: float = math.nan
 
 
-def penalty(weights: torch.Tensor, reg: Regularizer, strength: float) -> torch.Tensor:
+def penalty(weights: torch.Tensor, reg: RegularizerKind, strength: float) -> torch.Tensor:
     """Entropy (mean over rows; low = peaked mixture) or L1 of the weights, times `strength`."""
     if reg == "none" or strength == 0:
         return weights.new_zeros(())
@@ -59,7 +59,7 @@ def fit_gradient(
     steps: int = 50,
     lr: float = 0.1,
     batch_size: int = 8,
-    reg: Regularizer = "entropy",
+    reg: RegularizerKind = "entropy",
     strength: float = 0.0,
     seed: int = 0,
 ) -> FitResult:
@@ -89,7 +89,7 @@ def fit_cmaes(
     max_evals: int = 60,
     popsize: int | None = None,
     sigma0: float = 0.5,
-    reg: Regularizer = "l1",
+    reg: RegularizerKind = "l1",
     strength: float = 0.05,
     seed: int = 0,
 ) -> FitResult:
@@ -132,7 +132,7 @@ def fit_gate(
     steps: int = 50,
     lr: float = 1e-2,
     batch_size: int = 8,
-    reg: Regularizer = "entropy",
+    reg: RegularizerKind = "entropy",
     strength: float = 0.0,
     seed: int = 0,
 ) -> FitResult:

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mdkif.config import ConfigError, StrictModel, load_yaml, validate
 from mdkif.models.config import ModelConfig
+from mdkif.rag.config import PASSAGE_CHARS, PASSAGES_K
 from mdkif.routing.artifact import ROUTER_FILE, router_folder
 from mdkif.serving.protocol import LOOPBACK_HOSTS, LimitsConfig
 
@@ -33,7 +34,7 @@ class ProfileConfig(StrictModel):
         None, description="Fixed skill weights {skill: w}; others are 0."
     )
     rag: bool = Field(False, description="Retrieve passages for every request of this profile.")
-    k: int = Field(3, ge=1, le=20, description="Passages retrieved per request.")
+    k: int = Field(PASSAGES_K, ge=1, le=50, description="Passages retrieved per request.")
     description: str = ""
 
     @model_validator(mode="after")
@@ -49,7 +50,7 @@ class RagServeConfig(StrictModel):
     persist_dir: Path = Field(description="Index folder (holds index_manifest.json).")
     collection: str | None = Field(None, description="Collection; default: the one the manifest records.")
     mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
-    passage_chars: int = Field(600, ge=50, description="Characters kept per passage in the prompt.")
+    passage_chars: int = Field(PASSAGE_CHARS, ge=50, description="Characters kept per passage in the prompt.")
 
 
 class BatchingConfig(StrictModel):

@@ -38,6 +38,7 @@ from mdkif.models import load_model
 from mdkif.models.prompting import PromptFormatError, check_format, encode_text, render_messages
 from mdkif.models.tokens import end_of_turn_ids
 from mdkif.prompts import render_passages
+from mdkif.rag.config import PASSAGE_CHARS
 from mdkif.rag.types import Passage
 from mdkif.routing.artifact import read_router_info
 from mdkif.routing.router import ArrowRouter, GateRouter, load_router, pooled_prompt_state
@@ -305,7 +306,9 @@ class RoutedEngine:
     ) -> list[int]:
         """Token ids of a chat (through the chat template) or a raw prompt, with retrieved passages first."""
         context = (
-            render_passages(passages, self.cfg.rag.passage_chars if self.cfg.rag else 600) if passages else ""
+            render_passages(passages, self.cfg.rag.passage_chars if self.cfg.rag else PASSAGE_CHARS)
+            if passages
+            else ""
         )
         if messages is not None:
             msgs = [dict(m) for m in messages]

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mdkif.io import write_json_atomic
 from mdkif.skills.checkpoint import (
     load_checkpoint,
     prune_deepspeed_checkpoints,
@@ -140,7 +141,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------------
 
 
-def load_examples(job: dict[str, Any], tokenizer: Any) -> tuple[list[Example], list[Example], str]:
+def load_job_examples(job: dict[str, Any], tokenizer: Any) -> tuple[list[Example], list[Example], str]:
     """Train/validation examples of a job and a hash of its data (for skip-if-finished)."""
     from mdkif.skills.datasets import job_examples
 
@@ -316,12 +317,6 @@ def _maybe_fault(job: dict[str, Any], ctx: WorkerContext, step: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def finished(job: dict[str, Any]) -> dict[str, Any] | None:
     """The metrics of a finished run of this job with the same data and settings, else None."""
     path = Path(job["out_dir"]) / METRICS
@@ -380,7 +375,7 @@ def _train(job: dict[str, Any], ctx: WorkerContext, data_parallel: bool) -> dict
     model_cfg = ModelConfig(**{**job["model"], "device": str(device)})
     loaded = load_model(model_cfg)
     tokenizer = loaded.tokenizer
-    train_ex, val_ex, data_hash = load_examples(job, tokenizer)
+    train_ex, val_ex, data_hash = load_job_examples(job, tokenizer)
     world = ctx.world if data_parallel else 1
     rank = ctx.rank if data_parallel else 0
     steps = total_steps(
@@ -613,7 +608,7 @@ def _train(job: dict[str, Any], ctx: WorkerContext, data_parallel: bool) -> dict
     }
     if rank == 0:
         save_adapter(peft_model, weights, Path(job["out_dir"]))
-        _write_json_atomic(Path(job["out_dir"]) / METRICS, summary)
+        write_json_atomic(Path(job["out_dir"]) / METRICS, summary)
     if data_parallel and world > 1:
         torch.distributed.barrier()
     return summary

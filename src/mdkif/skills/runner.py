@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mdkif.fusion.bank import SKILLS_MANIFEST
 from mdkif.skills.config import CommonStage, CptStage, PipelineStage, SftStage, SkillsStage, resolve_path
 from mdkif.skills.data import records_hash, total_steps
 from mdkif.skills.devices import scaling_config
@@ -26,9 +27,6 @@ from mdkif.skills.loop import METRICS, finished, train_loop_per_worker
 from mdkif.tracking import Run, stage_run
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "skills.json"
-
 
 # Settings that change memory or disk use, not the weights a run ends with: left out of the key, so
 # switching them on does not retrain finished skills (and keys from before they existed still match).
@@ -204,7 +202,7 @@ def run_skills(cfg: SkillsStage) -> dict[str, Any]:
         manifest = _train_skills(cfg)
         track_training(run, cfg, {k: v["adapter_dir"] for k, v in _trained(manifest).items()})
         run.metrics({"wall_seconds": manifest["wall_seconds"], "skills_trained": len(_trained(manifest))})
-        run.artifact(Path(cfg.output_dir) / MANIFEST)
+        run.artifact(Path(cfg.output_dir) / SKILLS_MANIFEST)
         run.artifact(Path(cfg.output_dir) / "loss_curves.png")
     return manifest
 
@@ -315,7 +313,7 @@ def write_manifest(
     }
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (out / SKILLS_MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
 

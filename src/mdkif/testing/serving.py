@@ -59,9 +59,9 @@ def build_tiny_index(persist_dir: Path, max_chunks: int = 24) -> Path:
     """A small Chroma index of the packaged demo corpus, embedded in this process (no Ray)."""
     from mdkif.rag.config import RagIndexConfig
     from mdkif.rag.index import build_index
-    from mdkif.rag.store import MANIFEST
+    from mdkif.rag.store import INDEX_MANIFEST
 
-    if (persist_dir / MANIFEST).is_file():
+    if (persist_dir / INDEX_MANIFEST).is_file():
         return persist_dir
     corpus = Path(__file__).resolve().parents[1] / "assets" / "demo_corpus"
     cfg = RagIndexConfig.model_validate(
