@@ -343,21 +343,19 @@ def check_route(checks: Checks, device: torch.device, root: Path, bank) -> None:
     fused = fuse(loaded.model, bank)
     rows = [json.loads(x) for x in (root / "tasks" / "triage_no.jsonl").read_text().splitlines()][:20]
     batch = encode(loaded.tokenizer, [TaskExample(**x) for x in rows])
-    for method, extra in (("gradient", {"gradient": {"steps": 30}}), ("cmaes", {})):
+    for method, k, extra in (("gradient", 20, {"gradient": {"steps": 30}}), ("cmaes", 5, {})):
         with checks.run(f"route/{method}") as r:
             cfg = validate(
                 RouteConfig,
                 {
                     "model": {"name": "tiny"},
                     "skills": {"root": str(root)},
-                    "task": {"source": "-", "k": 20},
+                    "task": {"source": "-", "k": k},
                     "method": method,
                     **extra,
                 },
                 "bench_gpu",
             )
-            if method == "cmaes":
-                cfg.task.k = 5
             router, res = fit_router(cfg, fused, batch)
             w = router()
             r.update(

@@ -315,6 +315,11 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
     return fits
 
 
+def skill_names(adapters: Path) -> list[str]:
+    """The trained skills' names from the adapter folders (no adapter weights are read)."""
+    return sorted(p.name for p in adapters.iterdir() if (p / "adapter_config.json").is_file())
+
+
 def build_arrow(cfg: ReferenceConfig, adapters: Path) -> Path | None:
     """The Arrow router artifact (`OUT/arrow/`), from the skills alone: the same for every task."""
     from mdkif.routing.artifact import is_router
@@ -339,8 +344,6 @@ def variant_rows(
     cfg: ReferenceConfig, adapters: Path, task: str, fit: dict[str, Any] | None, arrow: Path | None
 ) -> list[dict[str, Any]]:
     """The table's selected rows for one task as evaluation variants (fixed weights or a saved router)."""
-    from mdkif.fusion.bank import SkillBank
-
     model = _model(cfg)
     scoring = {
         "method": "loglik",
@@ -348,7 +351,7 @@ def variant_rows(
         "max_prompt_tokens": 512,
         "prompt_format": skills_stage(cfg).prompt_format,  # the base row reads the skills' prompts too
     }
-    names = fit["skills"] if fit is not None else SkillBank.from_dir(adapters).names
+    names = fit["skills"] if fit is not None else skill_names(adapters)
     routers: dict[str, dict[str, Any]] = {
         "uniform": {"adapters": str(adapters), "weights": {n: 1.0 / len(names) for n in names}},
     }
