@@ -101,8 +101,10 @@ def peak_gib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
 
 
-def train_job(out: Path, shape: dict, quant: str, steps: int, *, smoke: bool, **extra: Any) -> dict:
+def train_job(out: Path, shape: dict, quant: str, steps: int, *, smoke: bool, **extra: Any) -> Any:
+    from mdkif.models import ModelConfig
     from mdkif.skills.config import AdapterConfig, OptimConfig
+    from mdkif.skills.job import SkillData, TrainJob
 
     optim = OptimConfig(
         max_steps=steps,
@@ -112,21 +114,21 @@ def train_job(out: Path, shape: dict, quant: str, steps: int, *, smoke: bool, **
         lr=1e-3 if not smoke else 1e-2,
         bf16=True,
         gradient_checkpointing=extra.pop("gradient_checkpointing", False),
-    ).model_dump()
-    adapter = extra.pop("adapter", AdapterConfig(r=8, target_r=4).model_dump())
-    return {
-        "name": "qa",
-        "model": {"name": "tiny", "tiny": shape, "quantization": quant},
-        "adapter": adapter,
-        "optim": optim,
-        "data": {"kind": "skill", "dir": "pkg:assets/demo_skills", "skills": SKILL_DATA},
-        "out_dir": str(out / "adapter"),
-        "ckpt_dir": str(out / "ckpt"),
-        "checkpoint_every": extra.pop("checkpoint_every", steps),
-        "seed": 0,
-        "job_key": f"gpu-bench-{quant}",
+    )
+    adapter = extra.pop("adapter", AdapterConfig(r=8, target_r=4))
+    return TrainJob(
+        name="qa",
+        model=ModelConfig(name="tiny", tiny=shape, quantization=quant),
+        adapter=adapter,
+        optim=optim,
+        data=SkillData(dir="pkg:assets/demo_skills", skills=tuple(SKILL_DATA)),
+        out_dir=out / "adapter",
+        ckpt_dir=out / "ckpt",
+        checkpoint_every=extra.pop("checkpoint_every", steps),
+        seed=0,
+        job_key=f"gpu-bench-{quant}",
         **extra,
-    }
+    )
 
 
 def throughput(history: list[dict], skip: int) -> float:
@@ -166,24 +168,31 @@ def check_train(
 ZERO3_STEPS, ZERO3_EVERY, ZERO3_KILL = 6, 3, 5
 
 
-def zero3_job(out: Path, shape: dict, smoke: bool) -> dict:
-    from mdkif.skills.config import AdapterConfig
+def zero3_job(out: Path, shape: dict, smoke: bool) -> Any:
+    from mdkif.skills.config import AdapterConfig, DeepSpeedConfig
 
-    adapter = AdapterConfig(kind="lora", r=8).model_dump()
-    job = train_job(
-        out, shape, "none", ZERO3_STEPS, smoke=smoke, adapter=adapter, checkpoint_every=ZERO3_EVERY
+    adapter = AdapterConfig(kind="lora", r=8)
+    return train_job(
+        out,
+        shape,
+        "none",
+        ZERO3_STEPS,
+        smoke=smoke,
+        adapter=adapter,
+        checkpoint_every=ZERO3_EVERY,
+        deepspeed=DeepSpeedConfig(stage=3, keep_checkpoints=2),
     )
-    job["deepspeed"] = {"stage": 3, "keep_checkpoints": 2}
-    job["fault"] = {"kill_at_step": ZERO3_KILL, "marker": str(out / "killed"), "rank": 0}
-    return job
 
 
 def zero3_child(job_path: str, device: str) -> None:
     """Subprocess entry: run the ZeRO-3 job (it SIGKILLs itself once at ZERO3_KILL), print its summary."""
+    from mdkif.skills.job import TrainJob
     from mdkif.skills.loop import WorkerContext, run_job
+    from mdkif.testing.faults import KillAt
 
-    job = json.loads(Path(job_path).read_text())
-    summary = run_job(job, WorkerContext(device=torch.device(device)), data_parallel=False)
+    job = TrainJob.model_validate_json(Path(job_path).read_text())
+    kill = KillAt(step=ZERO3_KILL, marker=job.out_dir.parent / "killed")
+    summary = run_job(job, WorkerContext(device=torch.device(device)), data_parallel=False, callbacks=[kill])
     keep = ("resumed_from_step", "val_loss_before", "val_loss_after", "steps", "tokens")
     print("SUMMARY " + json.dumps({k: summary[k] for k in keep}), flush=True)
 
@@ -194,7 +203,7 @@ def check_zero3(checks: Checks, device: torch.device, shape: dict, tmp: Path, sm
         out.mkdir(parents=True, exist_ok=True)
         job = zero3_job(out, shape, smoke)
         job_path = out / "job.json"
-        job_path.write_text(json.dumps(job))
+        job_path.write_text(job.model_dump_json())
         cmd = [sys.executable, __file__, "--zero3-child", str(job_path), "--device", str(device)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -220,7 +229,7 @@ def check_zero3(checks: Checks, device: torch.device, shape: dict, tmp: Path, sm
         from mdkif.models import ModelConfig, load_model
         from mdkif.skills.datasets import job_examples
         from mdkif.skills.devices import autocast_dtype
-        from mdkif.skills.loop import evaluate
+        from mdkif.skills.losses import evaluate
 
         weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
         r["adapter_tensors"] = len(weights)
@@ -235,7 +244,7 @@ def check_zero3(checks: Checks, device: torch.device, shape: dict, tmp: Path, sm
 
         with torch.no_grad():
             reloaded = evaluate(
-                model, val, job["optim"]["batch_size"], loaded.tokenizer.pad_token_id, device, autocast
+                model, val, job.optim.batch_size, loaded.tokenizer.pad_token_id, device, autocast
             )
         r["reloaded_val_loss"] = round(reloaded, 5)
         r["reload_diff"] = abs(reloaded - summary["val_loss_after"])

@@ -39,6 +39,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from _harness import RESULTS, Figure, write_results  # bench/ is sys.path[0] when a benchmark runs
@@ -54,14 +55,12 @@ def plain_peft_loop(model_name: str, skill: str, steps: int, batch: int, max_len
 
     from mdkif.models import load_model
     from mdkif.skills.data import MicroBatchStream, collate
-    from mdkif.skills.datasets import job_examples
+    from mdkif.skills.datasets import skill_examples
+    from mdkif.skills.job import SkillData
 
     loaded = load_model(name=model_name)
-    job = {
-        "data": {"kind": "skill", "dir": "pkg:assets/demo_skills", "skills": [skill]},
-        "optim": {"max_length": max_length},
-    }
-    train, _, _ = job_examples(job, loaded.tokenizer)
+    data = SkillData(dir="pkg:assets/demo_skills", skills=(skill,))
+    train, _, _ = skill_examples(data, loaded.tokenizer, max_length)
     cfg = AdaLoraConfig(
         init_r=8,
         target_r=4,
@@ -94,21 +93,23 @@ def plain_peft_loop(model_name: str, skill: str, steps: int, batch: int, max_len
     return {"step_seconds": times, "step_cpu_seconds": cpu, "tokens": tokens}
 
 
-def mdkif_job(out: Path, model_name: str, skill: str, steps: int, batch: int, max_length: int) -> dict:
+def mdkif_job(out: Path, model_name: str, skill: str, steps: int, batch: int, max_length: int) -> Any:
+    from mdkif.models import ModelConfig
     from mdkif.skills.config import AdapterConfig, OptimConfig
+    from mdkif.skills.job import SkillData, TrainJob
 
-    return {
-        "name": skill,
-        "model": {"name": model_name},
-        "adapter": AdapterConfig(r=8, target_r=4, orth_reg_weight=0.1).model_dump(),
-        "optim": OptimConfig(max_steps=steps, batch_size=batch, max_length=max_length, lr=3e-3).model_dump(),
-        "data": {"kind": "skill", "dir": "pkg:assets/demo_skills", "skills": [skill]},
-        "out_dir": str(out / skill),
-        "ckpt_dir": str(out / ".checkpoints" / skill),
-        "checkpoint_every": 10_000,  # the final checkpoint only: measure the loop, not the disk
-        "seed": 0,
-        "job_key": "bench",
-    }
+    return TrainJob(
+        name=skill,
+        model=ModelConfig(name=model_name),
+        adapter=AdapterConfig(r=8, target_r=4, orth_reg_weight=0.1),
+        optim=OptimConfig(max_steps=steps, batch_size=batch, max_length=max_length, lr=3e-3),
+        data=SkillData(dir="pkg:assets/demo_skills", skills=(skill,)),
+        out_dir=out / skill,
+        ckpt_dir=out / ".checkpoints" / skill,
+        checkpoint_every=10_000,  # the final checkpoint only: measure the loop, not the disk
+        seed=0,
+        job_key="bench",
+    )
 
 
 def rates(steps: list[dict]) -> dict:
@@ -266,10 +267,12 @@ def part_parallel(args: argparse.Namespace, work: Path) -> dict:
 def part_grouping(args: argparse.Namespace, work: Path) -> dict:
     from mdkif.data.build import build_skill_data
     from mdkif.models import ModelConfig, load_model
+    from mdkif.skills.adapters import build_peft_model, orth_penalty
     from mdkif.skills.config import AdapterConfig
     from mdkif.skills.data import MicroBatchStream, collate
-    from mdkif.skills.datasets import job_examples
-    from mdkif.skills.loop import build_peft_model, orth_penalty, token_losses
+    from mdkif.skills.datasets import skill_examples
+    from mdkif.skills.job import SkillData
+    from mdkif.skills.losses import token_losses
 
     t_start = time.perf_counter()
     skills = args.group_skills.split(",")
@@ -279,12 +282,8 @@ def part_grouping(args: argparse.Namespace, work: Path) -> dict:
     )
     loaded = load_model(ModelConfig(name=args.model))
     pad_id = loaded.tokenizer.pad_token_id
-    job = {
-        "data": {"kind": "skill", "dir": str(data_dir), "skills": skills},
-        "optim": {"max_length": args.group_max_length},
-        "seed": 0,
-    }
-    train, _, _ = job_examples(job, loaded.tokenizer)
+    data = SkillData(dir=str(data_dir), skills=tuple(skills))
+    train, _, _ = skill_examples(data, loaded.tokenizer, args.group_max_length)
     steps, size = args.group_steps, args.group_batch
 
     grouped_stream = MicroBatchStream(train, size, seed=0)
@@ -299,7 +298,7 @@ def part_grouping(args: argparse.Namespace, work: Path) -> dict:
     random_stream = MicroBatchStream(timed, size, seed=0, group_by_length=False)
     shuffled = [random_stream.batch(k) for k in range(random_stream.per_epoch)]
 
-    adapter = AdapterConfig().model_dump()
+    adapter = AdapterConfig()
     total = args.group_repeats * (len(grouped) + len(shuffled)) + 1
     model = build_peft_model(loaded.model, adapter, total, seed=0, quantized=False)
     model.train()
@@ -313,7 +312,7 @@ def part_grouping(args: argparse.Namespace, work: Path) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         b = collate(examples, pad_id)
         ce, n = token_losses(model, b)
-        loss = ce / max(n, 1) + adapter["orth_reg_weight"] * orth_penalty(model)
+        loss = ce / max(n, 1) + adapter.orth_reg_weight * orth_penalty(model)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

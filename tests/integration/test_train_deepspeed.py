@@ -31,7 +31,8 @@ def test_deepspeed_zero_on_cpu_saves_real_adapter(tmp_path, stage):
 
     from mdkif.models import load_model
     from mdkif.skills.datasets import job_examples
-    from mdkif.skills.loop import evaluate
+    from mdkif.skills.losses import evaluate
+    from mdkif.skills.runner import stage_job
 
     cfg = load_stage(
         REPO / "train" / "sft.yaml",
@@ -52,10 +53,7 @@ def test_deepspeed_zero_on_cpu_saves_real_adapter(tmp_path, stage):
     assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # B starts at 0: it trained
     loaded = load_model(name="tiny")
     model = PeftModel.from_pretrained(loaded.model, str(adapter))
-    job = {
-        "data": {"kind": "skill", "dir": "pkg:assets/demo_skills", "skills": ["qa"]},
-        "optim": {"max_length": 64},
-    }
+    job = stage_job(cfg, cfg.stage, adapter, cfg.stage, data=cfg.data)  # the job the stage trained
     _, val, _ = job_examples(job, loaded.tokenizer)
     reloaded = evaluate(
         model, val, cfg.optim.batch_size, loaded.tokenizer.pad_token_id, torch.device("cpu"), torch.no_grad
@@ -63,15 +61,16 @@ def test_deepspeed_zero_on_cpu_saves_real_adapter(tmp_path, stage):
     assert reloaded == pytest.approx(meta["val_loss_after"], abs=1e-5)
 
 
-def test_zero3_builds_the_base_partitioned_instead_of_whole_per_rank():
+def test_zero3_builds_the_base_partitioned_instead_of_whole_per_rank(tmp_path):
     """Before, every rank loaded the whole base and DeepSpeed partitioned it only in `initialize` (16 GB per
     rank for an 8B bf16 base); now `from_pretrained` runs inside `deepspeed.zero.Init`."""
     from mdkif.models import load_model
     from mdkif.models.loading import zero3_init_active
-    from mdkif.skills.loop import zero3_loading
+    from mdkif.skills.backends import zero3_loading
+    from mdkif.skills.runner import stage_job
 
-    optim = {"batch_size": 2, "grad_accum": 1, "max_grad_norm": 1.0, "bf16": False}
-    job = {"deepspeed": {"stage": 3}, "optim": optim}
+    cfg = load_stage(REPO / "train" / "sft.yaml", tiny(tmp_path, "deepspeed={stage: 3}", "data.skills=[qa]"))
+    job = stage_job(cfg, cfg.stage, tmp_path / "adapter", cfg.stage, data=cfg.data)
     with zero3_loading(job, torch.device("cpu"), 1) as config:
         assert config["zero_optimization"]["stage"] == 3 and zero3_init_active()
         model = load_model(name="tiny").model
@@ -83,5 +82,5 @@ def test_zero3_builds_the_base_partitioned_instead_of_whole_per_rank():
     plain = load_model(name="tiny").model
     assert not any(hasattr(p, "ds_id") for p in plain.parameters())
     assert all(p.numel() > 0 for p in plain.parameters())
-    with zero3_loading({"deepspeed": None, "optim": optim}, torch.device("cpu"), 1) as config:
+    with zero3_loading(job.model_copy(update={"deepspeed": None}), torch.device("cpu"), 1) as config:
         assert config is None and not zero3_init_active()

@@ -12,6 +12,7 @@ import pytest
 
 from mdkif.skills.config import load_stage
 from mdkif.skills.runner import run_skills
+from mdkif.testing.faults import KillAt
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,10 +75,9 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path):
             "ray.num_workers=2",
             "ray.max_failures=1",
             "optim.epochs=2",  # 9 records / batch 2 = 5 steps an epoch -> 10 steps
-            f"fault={{kill_at_step: 5, marker: {marker}, rank: 0}}",
         ),
     )
-    manifest = run_skills(cfg)
+    manifest = run_skills(cfg, callbacks=[KillAt(step=5, marker=marker, rank=0)])
     assert marker.is_file(), "the fault was never injected"
     resumed = {s: m["resumed_from_step"] for s, m in manifest["skills"].items() if m["resumed_from_step"]}
     # The killed worker's skill restarts from its step-4 checkpoint (kill at step 5, checkpoints every 2).

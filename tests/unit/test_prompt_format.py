@@ -127,17 +127,28 @@ def test_default_format_keeps_old_fingerprints_and_chat_changes_them():
 
 
 def test_job_key_of_alpaca_jobs_is_unchanged_and_chat_retrains():
-    from mdkif.skills.runner import _key
+    """The typed job hashes the JSON the dict jobs of earlier versions hashed: finished skills keep their key."""
+    import hashlib
+    import json
 
-    job = {
-        "model": {"name": "tiny"},
-        "adapter": {"r": 4},
-        "optim": {"lr": 1e-3},
-        "seed": 0,
-        "deepspeed": None,
-    }
-    assert _key({**job, "prompt_format": "alpaca"}, "h") == _key(job, "h")
-    assert _key({**job, "prompt_format": "chat"}, "h") != _key(job, "h")
+    from mdkif.models import ModelConfig
+    from mdkif.skills.config import AdapterConfig, OptimConfig
+    from mdkif.skills.job import SkillData, TrainJob, job_key
+
+    job = TrainJob(
+        name="qa",
+        model=ModelConfig(name="tiny"),
+        adapter=AdapterConfig(r=4),
+        optim=OptimConfig(lr=1e-3),
+        data=SkillData(dir="/d", skills=("qa",)),
+        out_dir="/o/qa",
+        ckpt_dir="/o/.checkpoints/qa",
+    )
+    optim = {k: v for k, v in job.optim.model_dump(mode="json").items() if k != "gradient_checkpointing"}
+    parts = [job.model.model_dump(mode="json"), job.adapter.model_dump(mode="json"), optim, 0, None, "h"]
+    old = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert job_key(job, "h") == old
+    assert job_key(job.model_copy(update={"prompt_format": "chat"}), "h") != old
 
 
 def test_stage_config_takes_the_format_and_names_a_bad_one(tmp_path):

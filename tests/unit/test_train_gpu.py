@@ -129,7 +129,7 @@ def test_adalora_tune_trial_trainer_asks_for_the_base_configs_gpus(tmp_path, tra
         adalora_trial({"adapter": {"r": 6}}, base, trial)
     (trainer,) = trainers
     assert_scaling(trainer.scaling, use_gpu, workers=3, cpus=0.5)
-    assert trainer.loop_config["job"]["adapter"]["r"] == 6
+    assert trainer.loop_config["job"].adapter.r == 6
 
 
 def test_gpu_settings_are_validated_with_the_field_named():
@@ -140,22 +140,24 @@ def test_gpu_settings_are_validated_with_the_field_named():
 # --- 2. gradient checkpointing --------------------------------------------------------------------------
 
 
-def make_job(out: Path, **optim) -> dict:
+def make_job(out: Path, **optim):
+    from mdkif.models import ModelConfig
     from mdkif.skills.config import AdapterConfig, OptimConfig
+    from mdkif.skills.job import SkillData, TrainJob
 
     o = {"max_steps": 2, "batch_size": 2, "grad_accum": 1, "max_length": 64, "lr": 1e-2, **optim}
-    return {
-        "name": "qa",
-        "model": {"name": "tiny"},
-        "adapter": AdapterConfig(r=4, target_r=2).model_dump(),
-        "optim": OptimConfig(**o).model_dump(),
-        "data": {"kind": "skill", "dir": "pkg:assets/demo_skills", "skills": ["qa"]},
-        "out_dir": str(out / "qa"),
-        "ckpt_dir": str(out / ".checkpoints" / "qa"),
-        "checkpoint_every": 5,
-        "seed": 0,
-        "job_key": "test",
-    }
+    return TrainJob(
+        name="qa",
+        model=ModelConfig(name="tiny"),
+        adapter=AdapterConfig(r=4, target_r=2),
+        optim=OptimConfig(**o),
+        data=SkillData(dir="pkg:assets/demo_skills", skills=("qa",)),
+        out_dir=out / "qa",
+        ckpt_dir=out / ".checkpoints" / "qa",
+        checkpoint_every=5,
+        seed=0,
+        job_key="test",
+    )
 
 
 def is_checkpointing(model) -> bool:
@@ -170,10 +172,10 @@ def is_checkpointing(model) -> bool:
 @pytest.mark.parametrize("quantization", ["none", "nf4"])
 def test_gradient_checkpointing_is_switched_on_non_reentrant(quantization):
     from mdkif.models import load_model
+    from mdkif.skills.adapters import build_peft_model
     from mdkif.skills.config import AdapterConfig
-    from mdkif.skills.loop import build_peft_model
 
-    adapter = AdapterConfig(r=4, target_r=2).model_dump()
+    adapter = AdapterConfig(r=4, target_r=2)
     quantized = quantization != "none"
     off = build_peft_model(load_model(name="tiny", quantization=quantization).model, adapter, 4, 0, quantized)
     assert not is_checkpointing(off)
@@ -190,7 +192,7 @@ def test_training_with_gradient_checkpointing_gives_the_same_adapter(tmp_path, m
     import mdkif.skills.loop as loop
 
     built = []
-    original = loop.build_peft_model
+    original = loop.build_peft_model  # the name the loop calls
 
     def spy(*args, **kwargs):
         built.append(original(*args, **kwargs))
@@ -210,14 +212,21 @@ def test_training_with_gradient_checkpointing_gives_the_same_adapter(tmp_path, m
 
 
 def test_memory_only_settings_do_not_change_the_job_key():
-    from mdkif.skills.runner import _key
+    from mdkif.skills.config import DeepSpeedConfig
+    from mdkif.skills.job import job_key
 
-    job = make_job(Path("/tmp/x"))
-    job["deepspeed"] = {"stage": 2, "keep_checkpoints": 2}
-    same = {**job, "optim": {**job["optim"], "gradient_checkpointing": True}}
-    same["deepspeed"] = {"stage": 2, "keep_checkpoints": 5}
-    assert _key(job, "h") == _key(same, "h")  # finished skills are not retrained for them
-    assert _key(job, "h") != _key({**job, "optim": {**job["optim"], "lr": 0.5}}, "h")
+    job = make_job(Path("/tmp/x")).model_copy(
+        update={"deepspeed": DeepSpeedConfig(stage=2, keep_checkpoints=2)}
+    )
+    same = job.model_copy(
+        update={
+            "optim": job.optim.model_copy(update={"gradient_checkpointing": True}),
+            "deepspeed": DeepSpeedConfig(stage=2, keep_checkpoints=5),
+        }
+    )
+    assert job_key(job, "h") == job_key(same, "h")  # finished skills are not retrained for them
+    other = job.model_copy(update={"optim": job.optim.model_copy(update={"lr": 0.5})})
+    assert job_key(job, "h") != job_key(other, "h")
 
 
 # --- 3. resume on another device: CPU map_location, CUDA RNG state -------------------------------------
@@ -266,7 +275,7 @@ def test_loop_checkpoint_keeps_rng_as_a_dict(tmp_path):
 
     job = make_job(tmp_path)
     train_loop_per_worker({"job": job})
-    _, state = load_checkpoint(Path(job["ckpt_dir"]))
+    _, state = load_checkpoint(job.ckpt_dir)
     assert set(state["rng"]) == ({"cpu", "cuda"} if torch.cuda.is_available() else {"cpu"})
 
 
@@ -316,7 +325,7 @@ def test_deepspeed_with_a_quantized_base_is_refused(quantization):
 def test_single_process_group_backend_follows_the_device(monkeypatch, device, cuda, backend):
     import deepspeed
 
-    from mdkif.skills import loop
+    from mdkif.skills import backends
 
     for key, value in {
         "MASTER_ADDR": "127.0.0.1",
@@ -329,7 +338,7 @@ def test_single_process_group_backend_follows_the_device(monkeypatch, device, cu
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     seen = []
     monkeypatch.setattr(deepspeed, "init_distributed", lambda dist_backend: seen.append(dist_backend))
-    loop._init_single_process_group(torch.device(device))
+    backends.init_single_process_group(torch.device(device))
     assert seen == [backend]
 
 
@@ -338,18 +347,19 @@ def test_single_process_group_backend_follows_the_device(monkeypatch, device, cu
 
 @pytest.mark.parametrize(("bf16_ok", "dtype"), [(True, torch.bfloat16), (False, torch.float16)])
 def test_mixed_precision_falls_back_to_fp16_without_bf16(monkeypatch, bf16_ok, dtype):
+    from mdkif.skills.backends import deepspeed_config
+    from mdkif.skills.config import DeepSpeedConfig, OptimConfig
     from mdkif.skills.devices import autocast_dtype
-    from mdkif.skills.loop import deepspeed_config
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
     cuda = torch.device("cuda")
     assert autocast_dtype(cuda) == dtype
     assert autocast_dtype(cuda, mixed_precision=False) is None
     assert autocast_dtype(torch.device("cpu")) is None
-    optim = {"batch_size": 2, "grad_accum": 2, "max_grad_norm": 1.0}
-    ds = deepspeed_config(optim, {"stage": 3}, 4, autocast_dtype(cuda))
+    optim = OptimConfig(batch_size=2, grad_accum=2, max_grad_norm=1.0)
+    ds = deepspeed_config(optim, DeepSpeedConfig(stage=3), 4, autocast_dtype(cuda))
     assert ds["bf16"]["enabled"] is bf16_ok and ds["fp16"]["enabled"] is not bf16_ok
-    cpu = deepspeed_config(optim, {"stage": 3}, 4, None)
+    cpu = deepspeed_config(optim, DeepSpeedConfig(stage=3), 4, None)
     assert not cpu["bf16"]["enabled"] and not cpu["fp16"]["enabled"] and cpu["train_batch_size"] == 16
 
 
@@ -391,9 +401,14 @@ def test_an_in_process_run_uses_the_jobs_model_device(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(loading, "ray_gpu_ids", lambda: None)
-    assert loop._local_device({"job": {"model": {"device": "auto"}}}).type == "cuda"
-    assert loop._local_device({"job": {"model": {"device": "cpu"}}}).type == "cpu"
-    assert loop._local_device({"jobs_by_rank": [[{"model": {"name": "tiny"}}]]}).type == "cuda"
+    from mdkif.models import ModelConfig
+
+    job = make_job(Path("/tmp/x"))
+    cpu = job.model_copy(update={"model": ModelConfig(name="tiny", device="cpu")})
+    assert loop._local_device([job]).type == "cuda"  # device: auto
+    assert loop._local_device([cpu]).type == "cpu"
+    assert loop._local_device([job, cpu]).type == "cuda"  # jobs that disagree: auto
+    assert loop._local_device([]).type == "cuda"
 
 
 def test_serve_gpu_config_gives_each_model_replica_a_gpu_and_one_working_copy():
@@ -434,7 +449,7 @@ def test_training_loss_projects_only_answer_positions_and_equals_the_full_loss()
     from peft import LoraConfig, get_peft_model
 
     from mdkif.models import load_model
-    from mdkif.skills import loop
+    from mdkif.skills import losses as loop
 
     model = get_peft_model(
         load_model(name="tiny").model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)

@@ -11,9 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from mdkif.data.records import SkillRecord
+from mdkif.models import ModelConfig
 from mdkif.skills.config import AdapterConfig, OptimConfig
 from mdkif.skills.data import IGNORE, MicroBatchStream, encode_record, pack_texts
-from mdkif.skills.loop import WorkerContext, evaluate, run_job, train_loop_per_worker
+from mdkif.skills.job import SkillData, TrainJob
+from mdkif.skills.loop import WorkerContext, run_job, train_loop_per_worker
+from mdkif.skills.losses import evaluate
 
 DEMO = "pkg:assets/demo_skills"
 
@@ -32,20 +35,20 @@ def tokenizer():
     return load_model(name="tiny").tokenizer
 
 
-def make_job(out: Path, name: str = "qa", **optim) -> dict:
+def make_job(out: Path, name: str = "qa", **optim) -> TrainJob:
     o = {"max_steps": 6, "batch_size": 2, "grad_accum": 2, "max_length": 96, "lr": 1e-2, **optim}
-    return {
-        "name": name,
-        "model": {"name": "tiny"},
-        "adapter": AdapterConfig(r=4, target_r=2).model_dump(),
-        "optim": OptimConfig(**o).model_dump(),
-        "data": {"kind": "skill", "dir": DEMO, "skills": [name]},
-        "out_dir": str(out / name),
-        "ckpt_dir": str(out / ".checkpoints" / name),
-        "checkpoint_every": 3,
-        "seed": 0,
-        "job_key": "test",
-    }
+    return TrainJob(
+        name=name,
+        model=ModelConfig(name="tiny"),
+        adapter=AdapterConfig(r=4, target_r=2),
+        optim=OptimConfig(**o),
+        data=SkillData(dir=DEMO, skills=(name,)),
+        out_dir=out / name,
+        ckpt_dir=out / ".checkpoints" / name,
+        checkpoint_every=3,
+        seed=0,
+        job_key="test",
+    )
 
 
 def test_loss_only_on_output_and_eos(tokenizer):
@@ -144,7 +147,7 @@ def test_finished_job_is_skipped(tmp_path):
     train_loop_per_worker({"job": job})
     before = (tmp_path / "qa" / "metrics.json").stat().st_mtime_ns
     seen = []
-    train_loop_per_worker({"job": {**job, "total_steps": 2}, "report": seen.append})
+    train_loop_per_worker({"job": job.model_copy(update={"total_steps": 2}), "report": seen.append})
     assert (tmp_path / "qa" / "metrics.json").stat().st_mtime_ns == before
     assert all(m.get("skipped") for m in seen) and len(seen) == 2
 
@@ -168,6 +171,6 @@ def test_bf16_autocast_on_gpu(tmp_path):
 def test_changed_settings_retrain_from_scratch(tmp_path):
     job = make_job(tmp_path, max_steps=2)
     train_loop_per_worker({"job": job})
-    (summary,) = train_loop_per_worker({"job": {**job, "job_key": "other-data"}})
+    (summary,) = train_loop_per_worker({"job": job.model_copy(update={"job_key": "other-data"})})
     assert summary["resumed_from_step"] is None  # neither skipped nor resumed from the old checkpoint
     assert [h["step"] for h in summary["history"]] == [1, 2]

@@ -274,7 +274,7 @@ def resolve_source(cfg: ModelConfig) -> Path | str:
 
 def zero3_init_active() -> bool:
     """Whether transformers will build the next model inside `deepspeed.zero.Init` (an `HfDeepSpeedConfig`
-    of stage 3 is alive: `mdkif.skills.loop.zero3_loading`), so each rank gets only its partitions."""
+    of stage 3 is alive: `mdkif.skills.backends.zero3_loading`), so each rank gets only its partitions."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     return bool(is_deepspeed_zero3_enabled())

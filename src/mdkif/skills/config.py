@@ -96,14 +96,6 @@ class DeepSpeedConfig(StrictModel):
     )
 
 
-class FaultConfig(StrictModel):
-    """Testing only: SIGKILL the worker process at a step, once (the marker file remembers it)."""
-
-    kill_at_step: int = Field(ge=1)
-    marker: Path
-    rank: int = 0
-
-
 class RayConfig(StrictModel):
     """How the stage runs on Ray Train; `enabled: false` runs the same loop in this process."""
 
@@ -143,7 +135,6 @@ class CommonStage(StrictModel):
         "turn through the tokenizer's chat template, ended by its end-of-turn token (chat bases)",
     )
     deepspeed: DeepSpeedConfig | None = None
-    fault: FaultConfig | None = None
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")

@@ -16,101 +16,86 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mdkif.fusion.bank import SKILLS_MANIFEST
-from mdkif.skills.config import CommonStage, CptStage, PipelineStage, SftStage, SkillsStage, resolve_path
+from mdkif.skills.config import (
+    CommonStage,
+    CorpusSource,
+    CptStage,
+    PipelineStage,
+    SftData,
+    SftStage,
+    SkillsStage,
+    resolve_path,
+)
 from mdkif.skills.data import records_hash, total_steps
 from mdkif.skills.devices import scaling_config
-from mdkif.skills.loop import METRICS, finished, train_loop_per_worker
+from mdkif.skills.job import CorpusData, SkillData, TrainJob, job_key
+from mdkif.skills.loop import METRICS, StepCallback, finished, train_loop_per_worker
 from mdkif.tracking import Run, stage_run
 
 log = logging.getLogger(__name__)
 
-# Settings that change memory or disk use, not the weights a run ends with: left out of the key, so
-# switching them on does not retrain finished skills (and keys from before they existed still match).
-_KEY_NEUTRAL = {"optim": ("gradient_checkpointing",), "deepspeed": ("keep_checkpoints",)}
 
-
-def _key(job: dict[str, Any], data_hash: str) -> str:
-    """What makes two runs the same: model, adapter, optimiser, data and seed (not paths or fault tests)."""
-
-    def part(name: str) -> Any:
-        value = job.get(name)
-        if isinstance(value, dict):
-            return {k: v for k, v in value.items() if k not in _KEY_NEUTRAL.get(name, ())}
-        return value
-
-    parts = [job["model"], job["adapter"], part("optim"), job["seed"], part("deepspeed"), data_hash]
-    if job.get("prompt_format", "alpaca") != "alpaca":
-        parts.append(job["prompt_format"])  # alpaca jobs keep the keys they had before formats existed
-    blob = json.dumps(
-        parts,
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _base_job(cfg: CommonStage, name: str, out_dir: Path) -> dict[str, Any]:
+def _base_job(cfg: CommonStage, name: str, out_dir: Path, data: SkillData | CorpusData) -> TrainJob:
     out_dir = Path(out_dir).resolve()
-    return {
-        "name": name,
-        "model": cfg.model.model_dump(mode="json"),
-        "adapter": cfg.adapter.model_dump(mode="json"),
-        "optim": cfg.optim.model_dump(mode="json"),
-        "out_dir": str(out_dir),
-        "ckpt_dir": str(out_dir.parent / ".checkpoints" / out_dir.name),
-        "checkpoint_every": cfg.checkpoint_every,
-        "seed": cfg.seed,
-        "prompt_format": cfg.prompt_format,
-        "deepspeed": cfg.deepspeed.model_dump() if cfg.deepspeed else None,
-        "fault": cfg.fault.model_dump(mode="json") if cfg.fault else None,
-    }
+    return TrainJob(
+        name=name,
+        model=cfg.model,
+        adapter=cfg.adapter,
+        optim=cfg.optim,
+        data=data,
+        out_dir=out_dir,
+        ckpt_dir=out_dir.parent / ".checkpoints" / out_dir.name,
+        checkpoint_every=cfg.checkpoint_every,
+        seed=cfg.seed,
+        prompt_format=cfg.prompt_format,
+        deepspeed=cfg.deepspeed,
+    )
 
 
-def skill_jobs(cfg: SkillsStage) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def skill_jobs(cfg: SkillsStage) -> tuple[list[TrainJob], dict[str, str]]:
     """One job per skill with data, its planned step count and key; and the skills left out, with why."""
     from mdkif.skills.datasets import skill_records
 
     out = Path(cfg.output_dir)
     jobs, left_out = [], {}
     for skill, spec in cfg.skill_specs().items():
-        job = _base_job(cfg, skill, out / skill)
-        job["optim"].update({k: v for k, v in (("max_steps", spec.max_steps), ("epochs", spec.epochs)) if v})
-        job["data"] = {
-            "kind": "skill",
-            "dir": str(resolve_path(cfg.data_dir).resolve()),
-            "skills": [skill],
-            "max_train": cfg.max_train_records,
-            "max_val": cfg.max_val_records,
-            "sample_seed": cfg.seed,
-        }
-        train, val = skill_records(job["data"])
+        data = SkillData(
+            dir=str(resolve_path(cfg.data_dir).resolve()),
+            skills=(skill,),
+            max_train=cfg.max_train_records,
+            max_val=cfg.max_val_records,
+            sample_seed=cfg.seed,
+        )
+        job = _base_job(cfg, skill, out / skill, data)
+        overrides = {k: v for k, v in (("max_steps", spec.max_steps), ("epochs", spec.epochs)) if v}
+        o = job.optim.model_copy(update=overrides)
+        train, val = skill_records(data)
         if not train:
             left_out[skill] = "no training records"
             continue
-        o = job["optim"]
-        job["workers"] = spec.workers
-        job["total_steps"] = total_steps(
-            len(train), o["batch_size"], o["grad_accum"], spec.workers, o["epochs"], o["max_steps"]
-        )
-        job["job_key"] = _key(job, records_hash(train + val))
-        jobs.append(job)
+        steps = total_steps(len(train), o.batch_size, o.grad_accum, spec.workers, o.epochs, o.max_steps)
+        job = job.model_copy(update={"optim": o, "workers": spec.workers, "total_steps": steps})
+        jobs.append(job.model_copy(update={"job_key": job_key(job, records_hash(train + val))}))
     return jobs, left_out
 
 
-def assign(jobs: list[dict[str, Any]], workers: int) -> list[list[dict[str, Any]]]:
-    """Longest-processing-time-first: each job (cost = planned steps) goes to the least loaded worker."""
-    bins: list[list[dict[str, Any]]] = [[] for _ in range(min(workers, len(jobs)))]
+def _cost(job: TrainJob) -> int:
+    return (job.total_steps or 0) * job.optim.batch_size * job.optim.grad_accum
+
+
+def assign(jobs: list[TrainJob], workers: int) -> list[list[TrainJob]]:
+    """Longest-processing-time-first: each job (cost = planned examples) goes to the least loaded worker."""
+    bins: list[list[TrainJob]] = [[] for _ in range(min(workers, len(jobs)))]
     load = [0] * len(bins)
-    for job in sorted(
-        jobs, key=lambda j: -j["total_steps"] * j["optim"]["batch_size"] * j["optim"]["grad_accum"]
-    ):
+    for job in sorted(jobs, key=lambda j: -_cost(j)):
         i = load.index(min(load))
         bins[i].append(job)
-        load[i] += job["total_steps"] * job["optim"]["batch_size"] * job["optim"]["grad_accum"]
+        load[i] += _cost(job)
     return bins
 
 
@@ -195,11 +180,11 @@ class _RaySession:
             ray.shutdown()
 
 
-def run_skills(cfg: SkillsStage) -> dict[str, Any]:
+def run_skills(cfg: SkillsStage, callbacks: Sequence[StepCallback] = ()) -> dict[str, Any]:
     """Train every skill of `cfg` (skipping finished ones) and write skills.json and loss curves; the
     stage's MLflow run gets the settings, each skill's curves and the bank as artifacts."""
     with stage_run(cfg.tracking, "skills") as run:
-        manifest = _train_skills(cfg)
+        manifest = _train_skills(cfg, callbacks)
         track_training(run, cfg, {k: v["adapter_dir"] for k, v in _trained(manifest).items()})
         run.metrics({"wall_seconds": manifest["wall_seconds"], "skills_trained": len(_trained(manifest))})
         run.artifact(Path(cfg.output_dir) / SKILLS_MANIFEST)
@@ -243,7 +228,7 @@ def track_training(run: Run, cfg: CommonStage, adapters: dict[str, str], prefix:
         run.artifact(folder, f"adapters/{name}")
 
 
-def _train_skills(cfg: SkillsStage) -> dict[str, Any]:
+def _train_skills(cfg: SkillsStage, callbacks: Sequence[StepCallback] = ()) -> dict[str, Any]:
     start = time.perf_counter()
     jobs, left_out = skill_jobs(cfg)
     todo = [j for j in jobs if finished(j) is None]
@@ -255,12 +240,21 @@ def _train_skills(cfg: SkillsStage) -> dict[str, Any]:
     )
     plans: list[tuple[dict[str, Any], int, str]] = []
     if todo:
-        shared = [j for j in todo if j["workers"] == 1]
+        hooks = list(callbacks)
+        shared = [j for j in todo if j.workers == 1]
         if shared:
             bins = assign(shared, cfg.ray.num_workers if cfg.ray.enabled else 1)
-            slots = max(sum(j["total_steps"] for j in b) for b in bins)
-            plans.append(({"jobs_by_rank": bins, "report_slots": slots}, len(bins), "skills-shared"))
-        plans += [({"job": j}, j["workers"], f"skill-{j['name']}") for j in todo if j["workers"] > 1]
+            slots = max(sum(j.total_steps or 0 for j in b) for b in bins)
+            plans.append(
+                (
+                    {"jobs_by_rank": bins, "report_slots": slots, "callbacks": hooks},
+                    len(bins),
+                    "skills-shared",
+                )
+            )
+        plans += [
+            ({"job": j, "callbacks": hooks}, j.workers, f"skill-{j.name}") for j in todo if j.workers > 1
+        ]
         if cfg.ray.enabled:
             with _RaySession(cfg):
                 run_trainers(plans, cfg)
@@ -275,19 +269,19 @@ def _train_skills(cfg: SkillsStage) -> dict[str, Any]:
 
 
 def write_manifest(
-    cfg: SkillsStage, jobs: list[dict[str, Any]], left_out: dict[str, str], plans: list, seconds: float
+    cfg: SkillsStage, jobs: list[TrainJob], left_out: dict[str, str], plans: list, seconds: float
 ) -> dict[str, Any]:
     """skills.json: base model, data, and per skill its hash, steps, losses and ranks after allocation."""
     skills: dict[str, Any] = {}
     for job in jobs:
-        meta_path = Path(job["out_dir"]) / METRICS
+        meta_path = job.out_dir / METRICS
         if not meta_path.is_file():
-            skills[job["name"]] = {"status": "missing"}
+            skills[job.name] = {"status": "missing"}
             continue
         m = json.loads(meta_path.read_text())
-        skills[job["name"]] = {
+        skills[job.name] = {
             "status": "trained",
-            "adapter_dir": job["out_dir"],
+            "adapter_dir": str(job.out_dir),
             "data_hash": m["data_hash"],
             "train_examples": m["train_examples"],
             "steps": m["steps"],
@@ -319,8 +313,8 @@ def write_manifest(
 
 def _plan_skills(loop_config: dict[str, Any]) -> list[list[str]] | list[str]:
     if "job" in loop_config:
-        return [loop_config["job"]["name"]]
-    return [[j["name"] for j in b] for b in loop_config["jobs_by_rank"]]
+        return [loop_config["job"].name]
+    return [[j.name for j in b] for b in loop_config["jobs_by_rank"]]
 
 
 def plot_curves(manifest: dict[str, Any], path: Path) -> None:
@@ -355,51 +349,55 @@ def plot_curves(manifest: dict[str, Any], path: Path) -> None:
 
 
 def stage_job(
-    cfg: CommonStage, name: str, out_dir: Path, stage: str, corpus: Any = None, data: Any = None
-) -> dict[str, Any]:
+    cfg: CommonStage,
+    name: str,
+    out_dir: Path,
+    stage: str,
+    corpus: list[CorpusSource] | None = None,
+    data: SftData | None = None,
+) -> TrainJob:
     """The one job of a CPT/SFT/task stage; its key makes a re-run skip it when nothing changed."""
     from mdkif.data.records import SKILLS
     from mdkif.skills.datasets import skill_records
 
-    job = _base_job(cfg, name, out_dir)
+    job_data: SkillData | CorpusData
     if stage == "cpt":
-        job["data"] = {
-            "kind": "corpus",
+        job_data = CorpusData(
             # absolute: Ray workers do not run in this process's working directory
-            "sources": [{**c.model_dump(mode="json"), "path": str(Path(c.path).resolve())} for c in corpus],
-            "val_fraction": getattr(cfg, "val_fraction", 0.05),
-        }
-        digest = hashlib.sha256(json.dumps(job["data"], sort_keys=True).encode()).hexdigest()[:16]
+            sources=tuple(c.model_copy(update={"path": Path(c.path).resolve()}) for c in corpus or ()),
+            val_fraction=getattr(cfg, "val_fraction", 0.05),
+        )
+        blob = json.dumps(job_data.model_dump(mode="json"), sort_keys=True)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
     else:
-        job["data"] = {
-            "kind": "skill",
-            "dir": str(resolve_path(data.dir).resolve()),
-            "skills": data.skills or list(SKILLS),
-            "max_train": data.max_records,
-            "max_val": data.max_val_records,
-            "sample_seed": cfg.seed,
-        }
-        train, val = skill_records(job["data"])
+        assert data is not None
+        job_data = SkillData(
+            dir=str(resolve_path(data.dir).resolve()),
+            skills=tuple(data.skills or SKILLS),
+            max_train=data.max_records,
+            max_val=data.max_val_records,
+            sample_seed=cfg.seed,
+        )
+        train, val = skill_records(job_data)
         digest = records_hash(train + val)
-    job["job_key"] = _key(job, digest)
-    return job
+    job = _base_job(cfg, name, out_dir, job_data)
+    return job.model_copy(update={"job_key": job_key(job, digest)})
 
 
-def _run_single(cfg: CommonStage, job: dict[str, Any]) -> dict[str, Any]:
+def _run_single(cfg: CommonStage, job: TrainJob, callbacks: Sequence[StepCallback] = ()) -> dict[str, Any]:
     if finished(job) is None:
+        loop_config = {"job": job, "callbacks": list(callbacks)}
         if cfg.ray.enabled:
             with _RaySession(cfg):
-                run_trainers([({"job": job}, cfg.ray.num_workers, job["name"])], cfg)
+                run_trainers([(loop_config, cfg.ray.num_workers, job.name)], cfg)
         else:
-            train_loop_per_worker({"job": job})
-    meta = json.loads((Path(job["out_dir"]) / METRICS).read_text())
-    plot_curves(
-        {"skills": {job["name"]: {"status": "trained", **meta}}}, Path(job["out_dir"]) / "loss_curve.png"
-    )
+            train_loop_per_worker(loop_config)
+    meta = json.loads((job.out_dir / METRICS).read_text())
+    plot_curves({"skills": {job.name: {"status": "trained", **meta}}}, job.out_dir / "loss_curve.png")
     return meta
 
 
-def run_stage(cfg: CptStage | SftStage) -> dict[str, Any]:
+def run_stage(cfg: CptStage | SftStage, callbacks: Sequence[StepCallback] = ()) -> dict[str, Any]:
     """Train the stage's one adapter into OUTPUT/adapter (peft format) with metrics and a loss curve."""
     job = stage_job(
         cfg,
@@ -410,8 +408,8 @@ def run_stage(cfg: CptStage | SftStage) -> dict[str, Any]:
         getattr(cfg, "data", None),
     )
     with stage_run(cfg.tracking, cfg.stage) as run:
-        meta = _run_single(cfg, job)
-        track_training(run, cfg, {cfg.stage: job["out_dir"]})
+        meta = _run_single(cfg, job, callbacks)
+        track_training(run, cfg, {cfg.stage: str(job.out_dir)})
     return meta
 
 
@@ -459,14 +457,14 @@ def _run_pipeline(cfg: PipelineStage, run: Run) -> dict[str, Any]:
         )
         job = stage_job(step_cfg, step.name, out / step.name / "adapter", step.stage, step.corpus, step.data)
         meta = _run_single(step_cfg, job)
-        track_training(run, step_cfg, {step.name: job["out_dir"]}, prefix=f"{step.name}.")
-        merged = merge_adapter(model, Path(job["out_dir"]), out / step.name / "merged")
+        track_training(run, step_cfg, {step.name: str(job.out_dir)}, prefix=f"{step.name}.")
+        merged = merge_adapter(model, job.out_dir, out / step.name / "merged")
         report["steps"].append(
             {
                 "name": step.name,
                 "stage": step.stage,
                 "base": model["name"],
-                "adapter_dir": job["out_dir"],
+                "adapter_dir": str(job.out_dir),
                 "merged_dir": str(merged),
                 "steps": meta["steps"],
                 "val_loss_before": meta["val_loss_before"],
@@ -479,13 +477,13 @@ def _run_pipeline(cfg: PipelineStage, run: Run) -> dict[str, Any]:
     return report
 
 
-def run(cfg: Any) -> dict[str, Any]:
-    """Dispatch on the config's `stage`."""
+def run(cfg: Any, callbacks: Sequence[StepCallback] = ()) -> dict[str, Any]:
+    """Dispatch on the config's `stage`; `callbacks` run after every training step (tests inject faults)."""
     if isinstance(cfg, SkillsStage):
-        return run_skills(cfg)
+        return run_skills(cfg, callbacks)
     if isinstance(cfg, PipelineStage):
         return run_pipeline(cfg)
-    return run_stage(cfg)
+    return run_stage(cfg, callbacks)
 
 
 def print_skill_losses(result: dict[str, Any]) -> None:

@@ -201,7 +201,7 @@ def adalora_trial(params: dict[str, Any], base: dict[str, Any], trial: dict[str,
         raise RuntimeError(f"skill {trial['skill']} has no data: {left_out}")
     job = jobs[0]
     fit_trainer({"job": job}, trial["num_workers"], cfg, "train")
-    metrics = json.loads((Path(job["out_dir"]) / METRICS).read_text())
+    metrics = json.loads((job.out_dir / METRICS).read_text())
     tune.report({"val_loss": metrics["val_loss_after"], "val_loss_before": metrics.get("val_loss_before")})
 
 
