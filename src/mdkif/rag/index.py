@@ -27,6 +27,7 @@ from mdkif.rag.corpora import read_corpus
 from mdkif.rag.embedder import Embedder
 from mdkif.rag.lexical import BM25Index
 from mdkif.rag.store import INDEX_MANIFEST, bm25_path, existing_ids, open_client, open_collection, read_all
+from mdkif.ray_session import ray_session
 from mdkif.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -80,22 +81,21 @@ def embed_with_ray(cfg: RagIndexConfig, chunks: list[Chunk]) -> Iterator[tuple[l
     """Yield (ids, vectors) batches of up to `write_batch_size`, embedded on a pool of `num_actors` actors."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, log_to_driver=False)
-    threads = max(1, int(cfg.cpus_per_actor))
-    # Enough blocks that every actor gets work from the start, none so small that overhead dominates.
-    blocks = max(cfg.num_actors * 2, len(chunks) // max(cfg.ray_batch_size, 1))
-    ds = ray.data.from_items([{"id": c.id, "text": c.text} for c in chunks], override_num_blocks=blocks)
-    ds = ds.map_batches(
-        EmbedActor,
-        fn_constructor_kwargs={"embedder": cfg.embedder.model_dump(), "num_threads": threads},
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-        batch_size=cfg.ray_batch_size,
-        num_cpus=cfg.cpus_per_actor,
-        batch_format="numpy",
-    )
-    for batch in ds.iter_batches(batch_size=cfg.write_batch_size, batch_format="numpy"):
-        yield [str(i) for i in batch["id"]], np.asarray(batch["embedding"], dtype=np.float32)
+    with ray_session():  # started for this build and stopped after it, unless the caller runs Ray
+        threads = max(1, int(cfg.cpus_per_actor))
+        # Enough blocks that every actor gets work from the start, none so small that overhead dominates.
+        blocks = max(cfg.num_actors * 2, len(chunks) // max(cfg.ray_batch_size, 1))
+        ds = ray.data.from_items([{"id": c.id, "text": c.text} for c in chunks], override_num_blocks=blocks)
+        ds = ds.map_batches(
+            EmbedActor,
+            fn_constructor_kwargs={"embedder": cfg.embedder.model_dump(), "num_threads": threads},
+            compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+            batch_size=cfg.ray_batch_size,
+            num_cpus=cfg.cpus_per_actor,
+            batch_format="numpy",
+        )
+        for batch in ds.iter_batches(batch_size=cfg.write_batch_size, batch_format="numpy"):
+            yield [str(i) for i in batch["id"]], np.asarray(batch["embedding"], dtype=np.float32)
 
 
 def embed_locally(cfg: RagIndexConfig, chunks: list[Chunk]) -> Iterator[tuple[list[str], np.ndarray]]:

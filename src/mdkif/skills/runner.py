@@ -1,10 +1,11 @@
 """Run a stage: plan its jobs, schedule them on Ray Train (or in this process), and write what it made.
 
-Skills: one `TorchTrainer.fit()` costs ~25-30 s of start-up before its first step, so the small skills do not
-get a trainer each. They are spread over the workers of ONE trainer (longest first onto the least loaded
-worker), and each worker trains its share one after another. A skill marked `workers: N > 1` gets its own
-trainer of N data-parallel workers. Several trainers run at once, each `fit()` launched from a Ray task
-(Ray 2.60's Train v2 refuses a trainer inside a Tuner). Finished skills (same data and settings) are skipped.
+Skills: every `TorchTrainer.fit()` pays a start-up before its first step (bench/results/train.md measures
+it), so the small skills do not get a trainer each. They are spread over the workers of ONE trainer (longest
+first onto the least loaded worker), and each worker trains its share one after another. A skill marked
+`workers: N > 1` gets its own trainer of N data-parallel workers. Several trainers run at once, each `fit()`
+launched from a Ray task (Ray 2.60's Train v2 refuses a trainer inside a Tuner). Finished skills (same data
+and settings) are skipped.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mdkif.fusion.bank import SKILLS_MANIFEST
+from mdkif.ray_session import ray_session
 from mdkif.skills.config import (
     CommonStage,
     CorpusSource,
@@ -143,41 +144,9 @@ def run_trainers(plans: list[tuple[dict[str, Any], int, str]], cfg: CommonStage)
     ray.get([remote_fit.remote(lc, n, cfg, name) for lc, n, name in plans])
 
 
-# Ray Train 2.60's controller collects results every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s) and a
-# worker's `ray.train.report` blocks until its previous result was collected: any step shorter than 2 s was
-# stretched to 2 s (measured: 216 ms of blocking per 1.8 s SmolLM2 step; a tiny-model skills test 111 s -> 55 s).
-TRAIN_POLL_S = "0.1"
-
-
-def fast_train_reports() -> None:
-    """Let a Ray started by this process poll Train workers every 0.1 s (unless the user chose a value).
-
-    Must run before `ray.init`: the Train controller is a Ray actor and reads the variable from the
-    environment its worker process inherits. Jobs on a running cluster get it from cluster/runtime_env.yaml.
-    """
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
-
-
-class _RaySession:
-    """Start (or join) Ray for a stage and stop what we started, even when training fails."""
-
-    def __init__(self, cfg: CommonStage):
-        self.cfg, self.started = cfg, False
-
-    def __enter__(self) -> _RaySession:
-        import ray
-
-        if self.cfg.ray.enabled and not ray.is_initialized():
-            fast_train_reports()
-            ray.init(address=self.cfg.ray.address, include_dashboard=True, log_to_driver=True)
-            self.started = True
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.started:
-            import ray
-
-            ray.shutdown()
+def _stage_ray(cfg: CommonStage) -> Any:
+    """Ray for a training stage: its `ray.address`, the dashboard, workers' logs, fast Train reports."""
+    return ray_session(cfg.ray.address, dashboard=True, log_to_driver=True, train=True)
 
 
 def run_skills(cfg: SkillsStage, callbacks: Sequence[StepCallback] = ()) -> dict[str, Any]:
@@ -256,7 +225,7 @@ def _train_skills(cfg: SkillsStage, callbacks: Sequence[StepCallback] = ()) -> d
             ({"job": j, "callbacks": hooks}, j.workers, f"skill-{j.name}") for j in todo if j.workers > 1
         ]
         if cfg.ray.enabled:
-            with _RaySession(cfg):
+            with _stage_ray(cfg):
                 run_trainers(plans, cfg)
         else:
             for loop_config, _, _ in plans:
@@ -388,7 +357,7 @@ def _run_single(cfg: CommonStage, job: TrainJob, callbacks: Sequence[StepCallbac
     if finished(job) is None:
         loop_config = {"job": job, "callbacks": list(callbacks)}
         if cfg.ray.enabled:
-            with _RaySession(cfg):
+            with _stage_ray(cfg):
                 run_trainers([(loop_config, cfg.ray.num_workers, job.name)], cfg)
         else:
             train_loop_per_worker(loop_config)

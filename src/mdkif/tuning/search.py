@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from mdkif.config import StrictModel, apply_overrides, load_yaml, validate
+from mdkif.ray_session import ray_session
 from mdkif.tracking import PARENT_TAG, STAGE_TAG, TrackingConfig, ensure_experiment, stage_run
 
 
@@ -274,7 +274,6 @@ def run_tune(cfg: SearchConfig) -> dict[str, Any]:
 
 
 def _run_tune(cfg: SearchConfig, callbacks: list[Any]) -> dict[str, Any]:
-    import ray
     from ray import tune
 
     schema: Any
@@ -298,17 +297,9 @@ def _run_tune(cfg: SearchConfig, callbacks: list[Any]) -> dict[str, Any]:
         _set(space, key, dim.domain())
     out = cfg.output.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    started = not ray.is_initialized()
-    if started:
-        # num_cpus sizes a Ray started here; Ray refuses it when joining a running cluster (ray job submit).
-        joining = cfg.ray_address is not None or "RAY_ADDRESS" in os.environ
-        num_cpus = None if joining else cfg.num_cpus
-        from mdkif.skills.runner import fast_train_reports
-
-        fast_train_reports()  # AdaLoRA trials run a TorchTrainer
-        ray.init(address=cfg.ray_address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    t0 = time.perf_counter()
-    try:
+    # num_cpus sizes a Ray started here only; AdaLoRA trials run a TorchTrainer (fast Train reports).
+    with ray_session(cfg.ray_address, cfg.num_cpus, train=True):
+        t0 = time.perf_counter()
         tuner = tune.Tuner(
             trainable,
             param_space=space,
@@ -324,9 +315,6 @@ def _run_tune(cfg: SearchConfig, callbacks: list[Any]) -> dict[str, Any]:
             ),
         )
         grid = tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()
     rows = []
     for r in grid:
         trial_id = r.metrics.get("trial_id") if r.metrics else None
