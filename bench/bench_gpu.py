@@ -256,7 +256,7 @@ def synthetic_bank(tmp: Path):
     from mdkif.fusion import SkillBank
     from mdkif.testing.synthetic import make_synthetic_skills
 
-    root = make_synthetic_skills(tmp / "skills", tasks=("triage_yes", "triage_no", "organ_heart"), steps=20)
+    root = make_synthetic_skills(tmp / "skills", tasks=("triage_yes", "triage_no", "organ_heart"))
     return root, SkillBank.from_dir(root)
 
 

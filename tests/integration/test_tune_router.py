@@ -25,7 +25,7 @@ def test_tune_router_search_with_cmaes_improves(tmp_path, no_ray_leak, monkeypat
 
     from mdkif.cli import app
 
-    skills = make_synthetic_skills(tmp_path / "skills", tasks=("triage_yes", "triage_no"), steps=20)
+    skills = make_synthetic_skills(tmp_path / "skills", tasks=("triage_yes", "triage_no"))
     base = tmp_path / "route.yaml"
     base.write_text(
         f"model: {{name: tiny}}\nskills: {{root: {skills}}}\n"

@@ -24,6 +24,8 @@ SKILLS = ("triage_yes", "triage_no")
 
 @pytest.fixture(scope="module")
 def skills_root(tmp_path_factory):
+    # 12 steps: the allocator has pruned no module to rank 0 yet, so every skill adapts every module, as
+    # peft's Arrow requires of its experts (longer runs zero some modules of one skill; arrow.py handles that).
     return make_synthetic_skills(tmp_path_factory.mktemp("skills"), tasks=SKILLS, steps=12)
 
 

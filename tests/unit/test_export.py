@@ -25,7 +25,7 @@ from mdkif.testing.synthetic import make_synthetic_skills
 @pytest.fixture(scope="module")
 def skills_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("skills")
-    return make_synthetic_skills(root, tasks=("triage_yes", "triage_no", "organ_heart"), steps=12)
+    return make_synthetic_skills(root, tasks=("triage_yes", "triage_no", "organ_heart"))
 
 
 @pytest.fixture(scope="module")

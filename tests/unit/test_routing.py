@@ -19,9 +19,7 @@ from mdkif.testing.synthetic import make_synthetic_skills
 
 @pytest.fixture(scope="module")
 def skills_root(tmp_path_factory):
-    return make_synthetic_skills(
-        tmp_path_factory.mktemp("skills"), tasks=("triage_yes", "triage_no"), steps=20
-    )
+    return make_synthetic_skills(tmp_path_factory.mktemp("skills"), tasks=("triage_yes", "triage_no"))
 
 
 @pytest.fixture()

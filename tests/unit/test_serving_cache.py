@@ -178,7 +178,8 @@ def test_a_quantized_base_is_never_merged(art):
     assert engine.cache.capacity == 0
     ids = engine.render(prompt=PROMPT)
     assert engine._plan([GenRequest(ids, "yes")])[0] == "stacked"
-    assert _serve(engine, "yes", max_tokens=3)
+    served = engine.generate_batch([GenRequest(ids, "yes", max_tokens=3, ignore_eos=True)])[0]
+    assert served["completion_tokens"] == 3 and served["finish_reason"] == "length"
     assert engine.fused.layers[first].base.weight.dtype == torch.int8
 
 

@@ -28,7 +28,7 @@ def build_tiny_artifacts(root: str | Path, rag: bool = False, rag_chunks: int = 
     from mdkif.testing.synthetic import make_synthetic_skills
 
     root = Path(root)
-    adapters = make_synthetic_skills(root / "adapters", "tiny", SKILLS, steps=12)
+    adapters = make_synthetic_skills(root / "adapters", "tiny", SKILLS)
     paths = {
         "adapters": adapters,
         "router_static": root / "router_static",

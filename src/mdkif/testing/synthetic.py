@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
-
-import torch
 
 from mdkif.data.records import format_prompt
 
@@ -45,13 +44,21 @@ TASKS = {
 }
 
 
-def task_examples(task: str, n: int = 20, seed: int = 0) -> list[dict[str, str]]:
-    """`n` prompt/target pairs of a synthetic task (inputs drawn from a fixed list of findings)."""
+def task_records(task: str, n: int = 20, seed: int = 0) -> list[dict[str, str]]:
+    """`n` instruction/input/output rows of a synthetic task (inputs drawn from a fixed list of findings)."""
     instruction, answer = TASKS[task]
     rng = random.Random(seed)
     return [
-        {"prompt": format_prompt(instruction, f"Patient with {rng.choice(FINDINGS)}."), "target": answer}
+        {"instruction": instruction, "input": f"Patient with {rng.choice(FINDINGS)}.", "output": answer}
         for _ in range(n)
+    ]
+
+
+def task_examples(task: str, n: int = 20, seed: int = 0) -> list[dict[str, str]]:
+    """The same rows as prompt/target pairs, as the router fits on and evaluation scores."""
+    return [
+        {"prompt": format_prompt(r["instruction"], r["input"]), "target": r["output"]}
+        for r in task_records(task, n, seed)
     ]
 
 
@@ -66,48 +73,48 @@ def train_adalora(
     rows: list[dict[str, str]],
     out: Path,
     *,
-    steps: int = 30,
-    lr: float = 2e-2,
+    steps: int = 60,
+    lr: float = 5e-2,
     init_r: int = 6,
     target_r: int = 3,
     target_modules: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "down_proj"),
     seed: int = 0,
 ) -> Path:
-    """Train one AdaLoRA adapter on `rows` (loss on the target tokens only) and save it in peft format."""
-    from peft import AdaLoraConfig, get_peft_model
+    """Train one AdaLoRA adapter on `rows` with the skills' own loop (`skills.loop`), in this process.
 
-    from mdkif.models import ModelConfig, load_model
-    from mdkif.routing.data import TaskExample, encode
+    `rows` are `{"instruction", "input", "output"}`; they become the train split of a one-skill data folder
+    beside `out` (full batch, `steps` optimizer steps, loss on the answer and end tokens; the first four rows
+    double as the validation split, whose loss is only reported), which is removed once the adapter is
+    saved in peft format at `out`. At the default 60 steps each tiny-model skill answers its word and stops.
+    """
+    from mdkif.models import ModelConfig
+    from mdkif.skills.config import AdapterConfig, OptimConfig
+    from mdkif.skills.job import SkillData, TrainJob
+    from mdkif.skills.loop import train_loop_per_worker
 
-    torch.manual_seed(seed)
-    loaded = load_model(ModelConfig(name=model_name))
-    tinit, tfinal = max(1, steps // 5), max(1, steps // 5)
-    cfg = AdaLoraConfig(
-        init_r=init_r,
-        target_r=target_r,
-        tinit=tinit,
-        tfinal=tfinal,
-        deltaT=1,
-        total_step=steps,
-        lora_alpha=16,
-        target_modules=list(target_modules),
-        task_type="CAUSAL_LM",
-        lora_dropout=0.0,
+    out = Path(out)
+    work = out.parent / f".train-{out.name}"
+    records = [
+        {"id": f"synthetic-{out.name}-{i}", "skill": "qa", "task": out.name, "source": "synthetic", **r}
+        for i, r in enumerate(rows)
+    ]
+    write_jsonl(records, work / "data" / "qa" / "train.jsonl")
+    write_jsonl(records[:4], work / "data" / "qa" / "validation.jsonl")
+    job = TrainJob(
+        name=out.name,
+        model=ModelConfig(name=model_name),
+        adapter=AdapterConfig(
+            r=init_r, target_r=target_r, target_modules=list(target_modules), tinit=0.2, tfinal=0.2
+        ),
+        optim=OptimConfig(lr=lr, batch_size=len(rows), max_steps=steps, warmup_ratio=0.0, max_length=96),
+        data=SkillData(dir=str((work / "data").resolve()), skills=("qa",)),
+        out_dir=out.resolve(),
+        ckpt_dir=(work / "ckpt").resolve(),
+        checkpoint_every=steps,
+        seed=seed,
     )
-    model = get_peft_model(loaded.model, cfg)
-    batch = encode(loaded.tokenizer, [TaskExample(**r) for r in rows])
-    dev = next(model.parameters()).device  # the base may load on a GPU: the batch goes where it is
-    ids, mask, labels = (t.to(dev) for t in (batch.input_ids, batch.attention_mask, batch.labels))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr)
-    model.train()
-    for step in range(steps):
-        out_ = model(input_ids=ids, attention_mask=mask, labels=labels)
-        out_.loss.backward()
-        opt.step()
-        model.base_model.update_and_allocate(step)  # after backward, before zero_grad, or ranks never adapt
-        opt.zero_grad()
-    model.save_pretrained(str(out))
+    train_loop_per_worker({"job": job})
+    shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -115,12 +122,12 @@ def make_synthetic_skills(
     root: str | Path,
     model_name: str = "tiny",
     tasks: tuple[str, ...] = ("triage_yes", "triage_no"),
-    steps: int = 30,
+    steps: int = 60,
 ) -> Path:
     """Train one skill per task under `root/<task>/` and write `root/tasks/<task>.jsonl`; returns `root`."""
     root = Path(root)
     for i, task in enumerate(tasks):
-        rows = task_examples(task, 24, seed=i)
+        rows = task_records(task, 24, seed=i)
         write_jsonl(task_examples(task, 40, seed=100 + i), root / "tasks" / f"{task}.jsonl")
         if not (root / task / "adapter_config.json").is_file():
             train_adalora(model_name, rows, root / task, steps=steps, seed=i)
