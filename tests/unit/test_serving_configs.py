@@ -102,3 +102,10 @@ def test_routed_model_block_with_only_resources_keeps_a_batch_sized_cap():
     assert cfg.routed_model.max_ongoing_requests == 64
     big = load_app_config({"batching": {"max_batch_size": 128}, "routed_model": {"num_replicas": 2}})
     assert big.routed_model.max_ongoing_requests == 128
+
+
+def test_the_retriever_deployment_keeps_its_serve_name():
+    # The class is named apart from the rag.types.Retriever protocol; Serve still lists it as "Retriever".
+    from mdkif.serving.deployments import RetrieverDeployment, RoutedModel
+
+    assert RetrieverDeployment.name == "Retriever" and RoutedModel.name == "RoutedModel"

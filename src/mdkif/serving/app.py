@@ -15,7 +15,7 @@ from ray.serve import Application
 
 from mdkif.config import ConfigError
 from mdkif.serving.config import ServeAppConfig, check_artifacts, load_app_config
-from mdkif.serving.deployments import Ingress, Retriever, RoutedModel
+from mdkif.serving.deployments import Ingress, RetrieverDeployment, RoutedModel
 
 
 def ingress_info(cfg: ServeAppConfig) -> dict[str, Any]:
@@ -51,6 +51,6 @@ def build_app(args: ServeAppConfig) -> Application:
     retriever = None
     if cfg.rag is not None:
         rag = cfg.rag.model_dump(mode="json")
-        retriever = Retriever.options(**cfg.retriever.options()).bind(rag)
+        retriever = RetrieverDeployment.options(**cfg.retriever.options()).bind(rag)
     model = RoutedModel.options(**cfg.routed_model.options()).bind(cfg.model_dump(mode="json"), retriever)
     return Ingress.options(**cfg.ingress.options()).bind(model, ingress_info(cfg))

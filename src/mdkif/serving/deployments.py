@@ -51,9 +51,13 @@ log = logging.getLogger("ray.serve")
 
 
 # ---- Retriever ----------------------------------------------------------------------------------------
-@serve.deployment(ray_actor_options={"num_cpus": 0.5})
-class Retriever:
-    """The persistent Chroma index (dense, BM25 or hybrid), queried with the question only."""
+@serve.deployment(name="Retriever", ray_actor_options={"num_cpus": 0.5})
+class RetrieverDeployment:
+    """The persistent Chroma index (dense, BM25 or hybrid), queried with the question only.
+
+    Deployed as `Retriever` (its Serve name); the class has its own name so it is never confused with
+    the `mdkif.rag.types.Retriever` protocol that evaluation's retrievers satisfy.
+    """
 
     def __init__(self, rag: dict[str, Any]) -> None:
         from mdkif.rag.retriever import ChromaRetriever
