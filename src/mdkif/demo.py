@@ -286,7 +286,7 @@ def serve_demo(cfg: DemoConfig, port: int = 8000) -> None:
     """Stage 6: serve/serve_config.yaml over this run's artifacts, until Ctrl-C."""
     from ray import serve
 
-    from mdkif.serving.app import build_app
+    from mdkif.serving.app import build_app, serve_until_interrupted
     from mdkif.serving.config import check_artifacts, load_app_config, load_serve_file
 
     _, apps = load_serve_file(repo_config("serve/serve_config.yaml"))
@@ -316,13 +316,7 @@ def serve_demo(cfg: DemoConfig, port: int = 8000) -> None:
     print(f"curl -s {url}/chat/completions -H 'Content-Type: application/json' -d '{body}'")
     print("Ctrl-C stops the server")
     signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever an earlier stage's library set
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        serve.shutdown()
+    serve_until_interrupted()
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:

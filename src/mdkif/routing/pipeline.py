@@ -47,33 +47,17 @@ def fit_router(
     seed = cfg.task.seed if seed is None else seed
     torch.manual_seed(seed)
     device = next(fused.parameters()).device  # the router lives with the model (a GPU base: on the GPU)
+    g = cfg.gradient
+    by_gradient = {"steps": g.steps, "lr": g.lr, "batch_size": g.batch_size}
     if cfg.method == "gate":
         hidden = fused.model.config.hidden_size
         router: torch.nn.Module = GateRouter(hidden, K, L, r.per_layer, r.temperature).to(device)
-        res = fit_gate(
-            fused,
-            router,
-            train,
-            steps=cfg.gradient.steps,
-            lr=cfg.gradient.lr,
-            batch_size=cfg.gradient.batch_size,
-            reg=reg.kind,
-            strength=reg.strength,
-            seed=seed,
-        )
+        res = fit_gate(fused, router, train, **by_gradient, reg=reg.kind, strength=reg.strength, seed=seed)
         return router, res
     router = SkillRouter(K, L, r.per_layer, r.temperature, r.normalize).to(device)
     if cfg.method == "gradient":
         res = fit_gradient(
-            fused,
-            router,
-            train,
-            steps=cfg.gradient.steps,
-            lr=cfg.gradient.lr,
-            batch_size=cfg.gradient.batch_size,
-            reg=reg.kind,
-            strength=reg.strength,
-            seed=seed,
+            fused, router, train, **by_gradient, reg=reg.kind, strength=reg.strength, seed=seed
         )
     else:
         c = cfg.cmaes

@@ -9,6 +9,7 @@ use `from __future__ import annotations`, or Serve would see a string and skip t
 """
 
 import os
+import time
 from typing import Any
 
 from ray.serve import Application
@@ -54,3 +55,16 @@ def build_app(args: ServeAppConfig) -> Application:
         retriever = RetrieverDeployment.options(**cfg.retriever.options()).bind(rag)
     model = RoutedModel.options(**cfg.routed_model.options()).bind(cfg.model_dump(mode="json"), retriever)
     return Ingress.options(**cfg.ingress.options()).bind(model, ingress_info(cfg))
+
+
+def serve_until_interrupted() -> None:
+    """Keep this driver (and so its Serve apps) alive until Ctrl-C, then shut Serve down, whatever ends it."""
+    from ray import serve as ray_serve
+
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ray_serve.shutdown()

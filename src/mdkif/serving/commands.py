@@ -86,7 +86,7 @@ def serve(
 
     from ray import serve as ray_serve
 
-    from mdkif.serving.app import build_app
+    from mdkif.serving.app import build_app, serve_until_interrupted
 
     http: dict[str, Any] = dict(data.get("http_options") or {})
     http.setdefault("host", "127.0.0.1")
@@ -107,10 +107,4 @@ def serve(
             for url in wait_direct_urls(name, http["host"]):
                 typer.echo(f"{name} direct: {url}{prefix.rstrip('/')}/v1")
     typer.echo("serving; Ctrl-C stops")
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        ray_serve.shutdown()
+    serve_until_interrupted()

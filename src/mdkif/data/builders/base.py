@@ -102,6 +102,23 @@ class BuildContext:
         except json.JSONDecodeError as exc:
             raise DataError(p, f"invalid JSON ({exc.msg})", exc.lineno) from None
 
+    def read_input_output_pairs(self, rel: str, roles: tuple[str, str]) -> Iterator[tuple[str, str]]:
+        """(input, output) of each item of a JSON list of `{instruction, input, output}` objects, cleaned.
+
+        `roles` name the two sides in the message for an item that lacks one (it is skipped, counted as bad).
+        """
+        p = self.path(rel)
+        rows = self.read_json(rel)
+        if not isinstance(rows, list):
+            raise DataError(p, "expected a JSON list of {instruction, input, output} objects")
+        for n, row in enumerate(rows, start=1):
+            first = clean(row.get("input")) if isinstance(row, dict) else ""
+            second = clean(row.get("output")) if isinstance(row, dict) else ""
+            if not first or not second:
+                self.bad_row(p, None, f"item {n}: missing 'input' ({roles[0]}) or 'output' ({roles[1]})")
+                continue
+            yield first, second
+
     def read_csv(self, rel: str, **kwargs: Any) -> Iterator[tuple[int, dict[str, str]]]:
         """Rows of a CSV with a header; the line number is the physical line the row starts on."""
         p = self.path(rel)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mdkif.data.builders.base import BuildContext, SourceSpec, clean
+from mdkif.data.builders.base import BuildContext, SourceSpec
 from mdkif.data.builders.instructions import choose
-from mdkif.data.errors import DataError
 from mdkif.data.records import SkillRecord, make_id
 
 FILE = "chatdoctor/chatdoctor5k.json"
@@ -27,16 +26,7 @@ INSTRUCTIONS = (
 
 def build(ctx: BuildContext) -> Iterator[SkillRecord]:
     """One dialogue record per patient message/doctor reply pair (row = position in the JSON list)."""
-    path = ctx.path(FILE)
-    rows = ctx.read_json(FILE)
-    if not isinstance(rows, list):
-        raise DataError(path, "expected a JSON list of {instruction, input, output} objects")
-    for n, row in enumerate(rows, start=1):
-        patient = clean(row.get("input")) if isinstance(row, dict) else ""
-        doctor = clean(row.get("output")) if isinstance(row, dict) else ""
-        if not patient or not doctor:
-            ctx.bad_row(path, None, f"item {n}: missing 'input' (patient) or 'output' (doctor)")
-            continue
+    for patient, doctor in ctx.read_input_output_pairs(FILE, ("patient", "doctor")):
         rid = make_id("chatdoctor", patient, doctor)
         yield SkillRecord(
             id=rid,

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mdkif.data.builders.base import BuildContext, SourceSpec, clean
+from mdkif.data.builders.base import BuildContext, SourceSpec
 from mdkif.data.builders.instructions import choose
-from mdkif.data.errors import DataError
 from mdkif.data.records import SkillRecord, make_id
 
 FILE = "medalpaca_wikidoc/medical_meadow_small.json"
@@ -32,16 +31,7 @@ INSTRUCTIONS = (
 
 def build(ctx: BuildContext) -> Iterator[SkillRecord]:
     """One `qa` record per question/answer pair; the position in the JSON list is the row number."""
-    path = ctx.path(FILE)
-    rows = ctx.read_json(FILE)
-    if not isinstance(rows, list):
-        raise DataError(path, "expected a JSON list of {instruction, input, output} objects")
-    for n, row in enumerate(rows, start=1):
-        question = clean(row.get("input")) if isinstance(row, dict) else ""
-        answer = clean(row.get("output")) if isinstance(row, dict) else ""
-        if not question or not answer:
-            ctx.bad_row(path, None, f"item {n}: missing 'input' (question) or 'output' (answer)")
-            continue
+    for question, answer in ctx.read_input_output_pairs(FILE, ("question", "answer")):
         rid = make_id("medalpaca_wikidoc", question, answer)
         yield SkillRecord(
             id=rid,
