@@ -47,30 +47,19 @@ def fit_router(
     seed = cfg.task.seed if seed is None else seed
     torch.manual_seed(seed)
     device = next(fused.parameters()).device  # the router lives with the model (a GPU base: on the GPU)
-    g = cfg.gradient
-    by_gradient = {"steps": g.steps, "lr": g.lr, "batch_size": g.batch_size}
+    g, c = cfg.gradient, cfg.cmaes
+    shared = {"reg": reg.kind, "strength": reg.strength, "seed": seed}  # every fit's objective and seed
+    by_gradient = {"steps": g.steps, "lr": g.lr, "batch_size": g.batch_size, **shared}
     if cfg.method == "gate":
         hidden = fused.model.config.hidden_size
         router: torch.nn.Module = GateRouter(hidden, K, L, r.per_layer, r.temperature).to(device)
-        res = fit_gate(fused, router, train, **by_gradient, reg=reg.kind, strength=reg.strength, seed=seed)
-        return router, res
+        return router, fit_gate(fused, router, train, **by_gradient)
     router = SkillRouter(K, L, r.per_layer, r.temperature, r.normalize).to(device)
     if cfg.method == "gradient":
-        res = fit_gradient(
-            fused, router, train, **by_gradient, reg=reg.kind, strength=reg.strength, seed=seed
-        )
+        res = fit_gradient(fused, router, train, **by_gradient)
     else:
-        c = cfg.cmaes
         res = fit_cmaes(
-            fused,
-            router,
-            train,
-            max_evals=c.max_evals,
-            popsize=c.popsize,
-            sigma0=c.sigma0,
-            reg=reg.kind,
-            strength=reg.strength,
-            seed=seed,
+            fused, router, train, max_evals=c.max_evals, popsize=c.popsize, sigma0=c.sigma0, **shared
         )
     return router, res
 

@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,7 @@ def run_trainers(plans: list[tuple[dict[str, Any], int, str]], cfg: CommonStage)
     ray.get([remote_fit.remote(lc, n, cfg, name) for lc, n, name in plans])
 
 
-def _stage_ray(cfg: CommonStage) -> Any:
+def _stage_ray(cfg: CommonStage) -> AbstractContextManager[bool]:
     """Ray for a training stage: its `ray.address`, the dashboard, workers' logs, fast Train reports."""
     return ray_session(cfg.ray.address, dashboard=True, log_to_driver=True, train=True)
 
