@@ -21,6 +21,7 @@ from mdkif.data.builders import (
     mts_dialog,
 )
 from mdkif.data.builders.base import BuildContext
+from mdkif.data.builders.instructions import BuilderTask, skill_record
 from mdkif.data.errors import DataError
 from mdkif.data.records import SKILLS, SkillRecord, make_id
 
@@ -249,3 +250,24 @@ def test_instruction_choice_is_seeded_and_stable(tmp_path: Path) -> None:
     assert [r.id for r in a] == [r.id for r in c]  # ids do not depend on the seed
     assert [r.instruction for r in a] != [r.instruction for r in c]
     assert len({r.instruction for r in a}) > 1
+
+
+def test_a_builder_task_record_draws_its_instruction_by_the_content_id(tmp_path: Path) -> None:
+    task = BuilderTask("src", "nli", "src_pairs", ("Compare {a} and {b}.", "Are {a} and {b} alike?"))
+    ctx = BuildContext(root=tmp_path, seed=3)
+    r = task.record(ctx, ("x", "y"), input="X vs Y", output="yes", fill={"a": "X", "b": "Y"})
+    assert r.id == make_id("src", "x", "y") and (r.skill, r.task, r.source) == ("nli", "src_pairs", "src")
+    assert r.instruction in ("Compare X and Y.", "Are X and Y alike?") and (r.input, r.output) == (
+        "X vs Y",
+        "yes",
+    )
+    # One rule whichever way it is called: the same key gives the same record, and no fill leaves braces alone.
+    same = skill_record(
+        ctx, "src", ("x", "y"), skill="nli", task="src_pairs", instructions=task.instructions, output="yes"
+    )
+    assert same.id == r.id and same.instruction.format(a="X", b="Y") == r.instruction and same.input == ""
+    drawn = {
+        task.record(BuildContext(root=tmp_path, seed=s), ("x", "y"), output="-").instruction
+        for s in range(20)
+    }
+    assert drawn == set(task.instructions)  # the build seed varies the wording, the id does not

@@ -33,6 +33,7 @@ from mdkif.data.builders.base import BuildContext
 from mdkif.data.errors import DataError
 from mdkif.data.exclusions import load_exclusions
 from mdkif.data.records import SKILLS, SkillRecord
+from mdkif.io import numbered_lines
 from mdkif.tracking import Run
 
 SPLITS = ("train", "validation")
@@ -258,19 +259,16 @@ def load_skill_split(out_dir: str | Path, skill: str, split: str) -> list[SkillR
     if not path.is_file():
         raise DataError(path, "skill split file not found")
     records = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = SkillRecord.model_validate_json(line)
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                where = ".".join(str(p) for p in err["loc"]) or "record"
-                raise DataError(path, f"invalid skill record ({where}: {err['msg']})", n) from None
-            if record.skill != skill:
-                raise DataError(path, f"record of skill {record.skill!r} in the {skill!r} file", n)
-            records.append(record)
+    for n, line in numbered_lines(path):
+        try:
+            record = SkillRecord.model_validate_json(line)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "record"
+            raise DataError(path, f"invalid skill record ({where}: {err['msg']})", n) from None
+        if record.skill != skill:
+            raise DataError(path, f"record of skill {record.skill!r} in the {skill!r} file", n)
+        records.append(record)
     return records
 
 

@@ -38,7 +38,7 @@ from mdkif.evaluation.config import (
 from mdkif.evaluation.fewshot import load_shots
 from mdkif.evaluation.report import build_summary, write_reports
 from mdkif.evaluation.worker import EvalError, ShardTask, ShardWorker, import_factory
-from mdkif.io import write_atomic
+from mdkif.io import numbered_lines, write_atomic
 from mdkif.ray_session import ray_session
 from mdkif.tracking import Run, stage_run
 
@@ -161,7 +161,7 @@ def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for _, line in numbered_lines(path)]
 
 
 def _guard_resume(folder: Path, meta: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from itertools import islice
 from pathlib import Path
 
 from mdkif.data.errors import DataError
+from mdkif.data.mcq.common import iter_jsonl
 from mdkif.rag.chunking import Document
 from mdkif.rag.config import CorpusSpec
 
@@ -30,17 +31,10 @@ def _load_json(path: Path) -> object:
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     if not path.is_file():
         raise DataError(path, "corpus file not found")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, f"not valid JSON: {exc.msg}", line=lineno) from None
-            if not isinstance(row, dict):
-                raise DataError(path, "expected a JSON object per line", line=lineno)
-            yield lineno, row
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise DataError(path, "expected a JSON object per line", line=lineno)
+        yield lineno, row
 
 
 def read_medquad(spec: CorpusSpec) -> Iterator[Document]:

@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from mdkif.data.builders.base import BuildContext
-from mdkif.data.builders.instructions import choose, join_labels
-from mdkif.data.records import SkillRecord, make_id
+from mdkif.data.builders.instructions import join_labels, skill_record
+from mdkif.data.records import SkillRecord
 
 SPLITS: tuple[str, ...] = ("train.tsv", "devel.tsv")
 
@@ -119,13 +119,13 @@ def build_ner(
         for sentence in read_sentences(ctx, f"{folder}/{split}", types):
             text = detokenize(sentence.tokens)
             output = format_entities(entities(sentence), types)
-            rid = make_id(source, task, text, output)
-            yield SkillRecord(
-                id=rid,
+            yield skill_record(
+                ctx,
+                source,
+                (task, text, output),
                 skill="ner",
                 task=task,
-                instruction=choose(ctx, rid, instructions),
+                instructions=instructions,
                 input=text,
                 output=output,
-                source=source,
             )

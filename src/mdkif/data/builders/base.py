@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mdkif.data.errors import DataError
+from mdkif.io import numbered_lines
 
 
 @dataclass(frozen=True)
@@ -81,19 +82,16 @@ class BuildContext:
 
     def read_jsonl(self, rel: str) -> Iterator[tuple[int, dict[str, Any]]]:
         p = self.path(rel)
-        with p.open(encoding="utf-8") as fh:
-            for n, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    self.bad_row(p, n, f"invalid JSON ({exc.msg})")
-                    continue
-                if not isinstance(row, dict):
-                    self.bad_row(p, n, "expected a JSON object")
-                    continue
-                yield n, row
+        for n, raw in numbered_lines(p):
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                self.bad_row(p, n, f"invalid JSON ({exc.msg})")
+                continue
+            if not isinstance(row, dict):
+                self.bad_row(p, n, "expected a JSON object")
+                continue
+            yield n, row
 
     def read_json(self, rel: str) -> Any:
         p = self.path(rel)

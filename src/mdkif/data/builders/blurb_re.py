@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mdkif.data.builders.base import BuildContext, SourceSpec, clean
-from mdkif.data.builders.instructions import choose
+from mdkif.data.builders.instructions import skill_record
 from mdkif.data.errors import DataError
-from mdkif.data.records import SkillRecord, make_id
+from mdkif.data.records import SkillRecord
 
 
 @dataclass(frozen=True)
@@ -98,15 +98,16 @@ def _build_corpus(ctx: BuildContext, corpus: Corpus) -> Iterator[SkillRecord]:
         dropped = set(negatives) - set(ctx.rng(f"blurb_re:{corpus.task}").sample(negatives, n_keep))
         rows = [row for i, row in enumerate(rows) if i not in dropped]  # native order
     for text, label in rows:
-        rid = make_id(SPEC.name, corpus.task, text, label)
-        yield SkillRecord(
-            id=rid,
+        yield skill_record(
+            ctx,
+            SPEC.name,
+            (corpus.task, text, label),
             skill="relation_extraction",
             task=corpus.task,
-            instruction=choose(ctx, rid, corpus.instructions).format(labels=shown),
+            instructions=corpus.instructions,
             input=text,
             output=label,
-            source=SPEC.name,
+            fill=dict(labels=shown),
         )
 
 

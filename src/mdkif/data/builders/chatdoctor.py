@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mdkif.data.builders.base import BuildContext, SourceSpec
-from mdkif.data.builders.instructions import choose
-from mdkif.data.records import SkillRecord, make_id
+from mdkif.data.builders.instructions import BuilderTask
+from mdkif.data.records import SkillRecord
 
 FILE = "chatdoctor/chatdoctor5k.json"
 SPEC = SourceSpec(
@@ -22,18 +22,10 @@ INSTRUCTIONS = (
     "If you are a doctor, please answer the medical questions based on the patient's description.",
     "Continue the consultation with the doctor's reply to this patient.",
 )
+TASK = BuilderTask("chatdoctor", "dialogue", "chatdoctor_consultation", INSTRUCTIONS)
 
 
 def build(ctx: BuildContext) -> Iterator[SkillRecord]:
     """One dialogue record per patient message/doctor reply pair (row = position in the JSON list)."""
     for patient, doctor in ctx.read_input_output_pairs(FILE, ("patient", "doctor")):
-        rid = make_id("chatdoctor", patient, doctor)
-        yield SkillRecord(
-            id=rid,
-            skill="dialogue",
-            task="chatdoctor_consultation",
-            instruction=choose(ctx, rid, INSTRUCTIONS),
-            input=f"Patient: {patient}",
-            output=doctor,
-            source="chatdoctor",
-        )
+        yield TASK.record(ctx, (patient, doctor), input=f"Patient: {patient}", output=doctor)

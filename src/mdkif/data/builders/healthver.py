@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mdkif.data.builders.base import BuildContext, SourceSpec, clean
-from mdkif.data.builders.instructions import choose
-from mdkif.data.records import SkillRecord, make_id
+from mdkif.data.builders.instructions import BuilderTask
+from mdkif.data.records import SkillRecord
 
 FILE = "healthver/healthver_dev.csv"
 SPEC = SourceSpec(
@@ -28,6 +28,7 @@ INSTRUCTIONS = (
     "Given the evidence, classify the claim as Supports (the evidence backs it), Refutes (the evidence "
     "contradicts it) or Neutral (the evidence does not decide it).",
 )
+TASK = BuilderTask("healthver", "nli", "healthver_claim_verification", INSTRUCTIONS)
 
 
 def build(ctx: BuildContext) -> Iterator[SkillRecord]:
@@ -41,13 +42,4 @@ def build(ctx: BuildContext) -> Iterator[SkillRecord]:
         if label not in LABELS:
             ctx.bad_row(path, line, f"label {label!r} is not one of {', '.join(LABELS)}")
             continue
-        rid = make_id("healthver", evidence, claim)
-        yield SkillRecord(
-            id=rid,
-            skill="nli",
-            task="healthver_claim_verification",
-            instruction=choose(ctx, rid, INSTRUCTIONS),
-            input=f"Evidence: {evidence}\nClaim: {claim}",
-            output=label,
-            source="healthver",
-        )
+        yield TASK.record(ctx, (evidence, claim), input=f"Evidence: {evidence}\nClaim: {claim}", output=label)

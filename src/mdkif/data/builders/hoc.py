@@ -11,8 +11,8 @@ import re
 from collections.abc import Iterator
 
 from mdkif.data.builders.base import BuildContext, SourceSpec, clean
-from mdkif.data.builders.instructions import choose, join_labels
-from mdkif.data.records import SkillRecord, make_id
+from mdkif.data.builders.instructions import BuilderTask, join_labels
+from mdkif.data.records import SkillRecord
 
 FILE = "hoc/hoc.jsonl"
 SPEC = SourceSpec(
@@ -44,6 +44,7 @@ INSTRUCTIONS = (
     f"Assign hallmark-of-cancer labels to the abstract. Label set: {_NAMES}. "
     "Answer with all matching labels separated by '; ' ('none' if no label applies).",
 )
+TASK = BuilderTask("hoc", "multilabel_classification", "hoc_hallmarks", INSTRUCTIONS)
 
 
 def detokenize(text: str) -> str:
@@ -65,13 +66,9 @@ def build(ctx: BuildContext) -> Iterator[SkillRecord]:
         if not text or unknown:
             ctx.bad_row(path, line, f"empty abstract or unknown hallmark(s) {sorted(unknown)}")
             continue
-        rid = make_id("hoc", str(row.get("pmid", "")), text)
-        yield SkillRecord(
-            id=rid,
-            skill="multilabel_classification",
-            task="hoc_hallmarks",
-            instruction=choose(ctx, rid, INSTRUCTIONS),
+        yield TASK.record(
+            ctx,
+            (str(row.get("pmid", "")), text),
             input=text,
             output=join_labels([h for h in HALLMARKS if h in labels]),
-            source="hoc",
         )

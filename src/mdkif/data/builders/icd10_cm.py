@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdkif.data.builders.base import BuildContext, SourceSpec
-from mdkif.data.builders.instructions import choose
+from mdkif.data.builders.instructions import skill_record
 from mdkif.data.errors import DataError
-from mdkif.data.records import SkillRecord, make_id
+from mdkif.data.records import SkillRecord
 
 SPEC = SourceSpec(
     name="icd10_cm",
@@ -238,10 +238,9 @@ def build_from(ctx: BuildContext, path: Path) -> Iterator[SkillRecord]:
     titles = {num: title for num, _, _, title in CHAPTERS}
 
     def record(skill: str, task: str, templates: Sequence[str], output: str, **fields: str) -> SkillRecord:
-        rid = make_id(SPEC.name, task, *fields.values(), output)
-        instruction = choose(ctx, rid, templates).format(**fields)
-        return SkillRecord(
-            id=rid, skill=skill, task=task, instruction=instruction, output=output, source=SPEC.name
+        key = (task, *fields.values(), output)
+        return skill_record(
+            ctx, SPEC.name, key, skill=skill, task=task, instructions=templates, output=output, fill=fields
         )
 
     for c in stratified(ctx.rng("icd10_cm:code"), unique, _chapter, n):

@@ -8,9 +8,11 @@ native item always gets the identical record and exact duplicates stay exact.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from mdkif.data.builders.base import BuildContext
+from mdkif.data.records import SkillRecord, make_id
 
 
 def choose(ctx: BuildContext, key: str, templates: Sequence[str]) -> str:
@@ -21,3 +23,65 @@ def choose(ctx: BuildContext, key: str, templates: Sequence[str]) -> str:
 def join_labels(labels: Sequence[str]) -> str:
     """The one output format of every classification task: labels joined by '; ', or 'none'."""
     return "; ".join(labels) if labels else "none"
+
+
+def skill_record(
+    ctx: BuildContext,
+    source: str,
+    key: Sequence[str],
+    *,
+    skill: str,
+    task: str,
+    instructions: Sequence[str],
+    output: str,
+    input: str = "",
+    fill: Mapping[str, str] | None = None,
+) -> SkillRecord:
+    """The record a builder yields: id `make_id(source, *key)`, instruction drawn by that id.
+
+    `key` is the content that makes the item itself (so rebuilds give the same ids and exact duplicates stay
+    exact); `fill` fills the `{names}` of the drawn template, when it has any.
+    """
+    rid = make_id(source, *key)
+    instruction = choose(ctx, rid, instructions)
+    return SkillRecord(
+        id=rid,
+        skill=skill,
+        task=task,
+        instruction=instruction.format(**fill) if fill else instruction,
+        input=input,
+        output=output,
+        source=source,
+    )
+
+
+@dataclass(frozen=True)
+class BuilderTask:
+    """One task a builder emits, declared once at the top of its module: source, skill, task, wordings."""
+
+    source: str
+    skill: str
+    task: str
+    instructions: Sequence[str]
+
+    def record(
+        self,
+        ctx: BuildContext,
+        key: Sequence[str],
+        *,
+        output: str,
+        input: str = "",
+        fill: Mapping[str, str] | None = None,
+    ) -> SkillRecord:
+        """This task's record for one item (see `skill_record` for the id and the instruction)."""
+        return skill_record(
+            ctx,
+            self.source,
+            key,
+            skill=self.skill,
+            task=self.task,
+            instructions=self.instructions,
+            output=output,
+            input=input,
+            fill=fill,
+        )

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mdkif.data.builders.base import BuildContext, SourceSpec
-from mdkif.data.builders.instructions import choose
+from mdkif.data.builders.instructions import skill_record
 from mdkif.data.mcq import headqa, mmlu
-from mdkif.data.records import MCQRecord, SkillRecord, make_id
+from mdkif.data.records import MCQRecord, SkillRecord
 
 HEADQA = "mcq/headqa_en/train_HEAD_EN.json"
 MMLU_DEV = "mcq/mmlu_med/dev"
@@ -47,13 +47,13 @@ def build(ctx: BuildContext) -> Iterator[SkillRecord]:
     ):
         for item in items:
             text = mcq_input(item)
-            rid = make_id("mcq_exams", item.id, text)
-            yield SkillRecord(
-                id=rid,
+            yield skill_record(
+                ctx,
+                "mcq_exams",
+                (item.id, text),
                 skill="mcqa",
                 task=task,
-                instruction=choose(ctx, rid, INSTRUCTIONS),
+                instructions=INSTRUCTIONS,
                 input=text,
                 output=f"Answer: {item.answer}",
-                source="mcq_exams",
             )

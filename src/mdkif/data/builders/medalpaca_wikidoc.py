@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mdkif.data.builders.base import BuildContext, SourceSpec
-from mdkif.data.builders.instructions import choose
-from mdkif.data.records import SkillRecord, make_id
+from mdkif.data.builders.instructions import BuilderTask
+from mdkif.data.records import SkillRecord
 
 FILE = "medalpaca_wikidoc/medical_meadow_small.json"
 SPEC = SourceSpec(
@@ -27,18 +27,10 @@ INSTRUCTIONS = (
     "Explain the answer to this patient-information question.",
     "Respond to the medical question below with accurate information.",
 )
+TASK = BuilderTask("medalpaca_wikidoc", "qa", "wikidoc_patient_qa", INSTRUCTIONS)
 
 
 def build(ctx: BuildContext) -> Iterator[SkillRecord]:
     """One `qa` record per question/answer pair; the position in the JSON list is the row number."""
     for question, answer in ctx.read_input_output_pairs(FILE, ("question", "answer")):
-        rid = make_id("medalpaca_wikidoc", question, answer)
-        yield SkillRecord(
-            id=rid,
-            skill="qa",
-            task="wikidoc_patient_qa",
-            instruction=choose(ctx, rid, INSTRUCTIONS),
-            input=question,
-            output=answer,
-            source="medalpaca_wikidoc",
-        )
+        yield TASK.record(ctx, (question, answer), input=question, output=answer)

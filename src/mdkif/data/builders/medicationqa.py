@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mdkif.data.builders.base import BuildContext, SourceSpec, clean
-from mdkif.data.builders.instructions import choose, join_labels
-from mdkif.data.records import SkillRecord, make_id
+from mdkif.data.builders.instructions import BuilderTask, join_labels
+from mdkif.data.records import SkillRecord
 
 FILE = "medicationqa/medicationqa.jsonl"
 SPEC = SourceSpec(
@@ -62,12 +62,16 @@ QA_INSTRUCTIONS = (
     "You are a pharmacist. Answer the following question about a drug accurately.",
     "Provide a reliable answer to this consumer medication question.",
 )
+QA_TASK = BuilderTask("medicationqa", "qa", "medicationqa_qa", QA_INSTRUCTIONS)
 _TYPES = ", ".join(QUESTION_TYPES)
 QTYPE_INSTRUCTIONS = (
     f"Classify what this medication question asks about. Possible types: {_TYPES}. "
     "Answer with every type that applies, separated by '; '.",
     f"Which question types apply to this question about a drug? Choose from: {_TYPES}. "
     "List all that apply, separated by '; '.",
+)
+QTYPE_TASK = BuilderTask(
+    "medicationqa", "multilabel_classification", "medicationqa_question_type", QTYPE_INSTRUCTIONS
 )
 
 
@@ -81,16 +85,7 @@ def build(ctx: BuildContext) -> Iterator[SkillRecord]:
             ctx.bad_row(path, line, "missing 'Question'")
             continue
         if answer.lower() not in NON_ANSWERS:
-            rid = make_id("medicationqa", "qa", question, answer)
-            yield SkillRecord(
-                id=rid,
-                skill="qa",
-                task="medicationqa_qa",
-                instruction=choose(ctx, rid, QA_INSTRUCTIONS),
-                input=question,
-                output=answer,
-                source="medicationqa",
-            )
+            yield QA_TASK.record(ctx, ("qa", question, answer), input=question, output=answer)
         if raw_type in NOT_A_TYPE:
             continue
         parts = {p.strip().lower() for p in raw_type.split("/")}
@@ -98,13 +93,9 @@ def build(ctx: BuildContext) -> Iterator[SkillRecord]:
         if unknown:
             ctx.bad_row(path, line, f"unknown question type(s) {sorted(unknown)} in {raw_type!r}")
             continue
-        rid = make_id("medicationqa", "qtype", question, raw_type)
-        yield SkillRecord(
-            id=rid,
-            skill="multilabel_classification",
-            task="medicationqa_question_type",
-            instruction=choose(ctx, rid, QTYPE_INSTRUCTIONS),
+        yield QTYPE_TASK.record(
+            ctx,
+            ("qtype", question, raw_type),
             input=question,
             output=join_labels([t for t in QUESTION_TYPES if t in parts]),
-            source="medicationqa",
         )

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mdkif.data.builders.base import BuildContext, SourceSpec, clean
-from mdkif.data.builders.instructions import choose
+from mdkif.data.builders.instructions import BuilderTask
 from mdkif.data.errors import DataError
 from mdkif.data.records import SkillRecord, make_id
 
@@ -49,17 +49,22 @@ RQE_INSTRUCTIONS = (
     "Do these two medical questions ask for the same information, so that any answer to B also answers A? "
     "Answer yes or no.",
 )
+RQE_TASK = BuilderTask("mediqa2019", "nli", "mediqa_rqe", RQE_INSTRUCTIONS)
 RELEVANCE_INSTRUCTIONS = (
     "Read the passage and decide whether it correctly answers the question. Answer yes or no.",
     "Does the passage below give a correct (possibly incomplete) answer to the consumer's question? "
     "Reply yes or no.",
     "Judge the candidate answer: is it a correct answer to the question? Answer yes or no.",
 )
+RELEVANCE_TASK = BuilderTask(
+    "mediqa2019", "reading_comprehension", "mediqa_answer_relevance", RELEVANCE_INSTRUCTIONS
+)
 BEST_INSTRUCTIONS = (
     "Read the question and the two passages. Which passage answers the question? Answer A or B.",
     "Two candidate answers are given for a medical question. Reply with the letter of the passage that "
     "answers it correctly (A or B).",
 )
+BEST_TASK = BuilderTask("mediqa2019", "reading_comprehension", "mediqa_best_answer", BEST_INSTRUCTIONS)
 
 
 def _parse(path: Path) -> tuple[ET.Element, list[str]]:
@@ -98,15 +103,11 @@ def _rqe(ctx: BuildContext, rel: str) -> Iterator[SkillRecord]:
         if not chq or not faq or value not in ("true", "false"):
             ctx.bad_row(path, line, "RQE pair needs <chq>, <faq> and value=true|false")
             continue
-        rid = make_id("mediqa2019", "rqe", chq, faq)
-        yield SkillRecord(
-            id=rid,
-            skill="nli",
-            task="mediqa_rqe",
-            instruction=choose(ctx, rid, RQE_INSTRUCTIONS),
+        yield RQE_TASK.record(
+            ctx,
+            ("rqe", chq, faq),
             input=f"Question A: {chq}\nQuestion B: {faq}",
             output="yes" if value == "true" else "no",
-            source="mediqa2019",
         )
 
 
@@ -127,15 +128,11 @@ def _qa(ctx: BuildContext, rel: str) -> Iterator[SkillRecord]:
                 )
                 continue
             judged.append((int(score), int(rank), text))
-            rid = make_id("mediqa2019", "relevance", question, text)
-            yield SkillRecord(
-                id=rid,
-                skill="reading_comprehension",
-                task="mediqa_answer_relevance",
-                instruction=choose(ctx, rid, RELEVANCE_INSTRUCTIONS),
+            yield RELEVANCE_TASK.record(
+                ctx,
+                ("relevance", question, text),
                 input=f"Question: {question}\n\nPassage: {text}",
                 output="yes" if int(score) >= 3 else "no",
-                source="mediqa2019",
             )
         best = [j for j in judged if j[0] >= 3]
         wrong = [j for j in judged if j[0] <= 2]
@@ -143,18 +140,15 @@ def _qa(ctx: BuildContext, rel: str) -> Iterator[SkillRecord]:
             continue  # nothing to contrast: every answer is right, or every answer is wrong
         good = min(best, key=lambda j: j[1])[2]
         low = min(j[0] for j in wrong)
-        rid = make_id("mediqa2019", "best", question, good)
-        rng = ctx.rng(rid + ":passages")
+        key = ("best", question, good)
+        rng = ctx.rng(make_id("mediqa2019", *key) + ":passages")
         bad = rng.choice([j[2] for j in wrong if j[0] == low])
         first, second, answer = (good, bad, "A") if rng.random() < 0.5 else (bad, good, "B")
-        yield SkillRecord(
-            id=rid,
-            skill="reading_comprehension",
-            task="mediqa_best_answer",
-            instruction=choose(ctx, rid, BEST_INSTRUCTIONS),
+        yield BEST_TASK.record(
+            ctx,
+            key,
             input=f"Question: {question}\n\nPassage A: {_cut(first)}\n\nPassage B: {_cut(second)}",
             output=answer,
-            source="mediqa2019",
         )
 
 

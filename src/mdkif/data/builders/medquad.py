@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mdkif.data.builders.base import BuildContext, SourceSpec, clean
-from mdkif.data.builders.instructions import choose, join_labels
-from mdkif.data.records import SkillRecord, make_id
+from mdkif.data.builders.instructions import BuilderTask, join_labels
+from mdkif.data.records import SkillRecord
 
 FILE = "medquad/medquad_answered.jsonl"
 SPEC = SourceSpec(
@@ -51,6 +51,7 @@ QA_INSTRUCTIONS = (
     "You are a medical expert. Provide a clear, factual answer to the question below.",
     "Give a patient-friendly but accurate answer to this medical question.",
 )
+QA_TASK = BuilderTask("medquad", "qa", "medquad_qa", QA_INSTRUCTIONS)
 
 _TYPES = ", ".join(QUESTION_TYPES)
 QTYPE_INSTRUCTIONS = (
@@ -61,6 +62,7 @@ QTYPE_INSTRUCTIONS = (
     f"Assign question-type labels to this consumer health question, choosing from: {_TYPES}. "
     "Output the labels separated by '; '.",
 )
+QTYPE_TASK = BuilderTask("medquad", "multilabel_classification", "medquad_question_type", QTYPE_INSTRUCTIONS)
 
 
 def build(ctx: BuildContext) -> Iterator[SkillRecord]:
@@ -78,24 +80,6 @@ def build(ctx: BuildContext) -> Iterator[SkillRecord]:
         if qtype not in QUESTION_TYPES:
             ctx.bad_row(path, line, f"unknown qtype {qtype!r}")
             continue
-        rid = make_id("medquad", "qa", question, answer)
-        yield SkillRecord(
-            id=rid,
-            skill="qa",
-            task="medquad_qa",
-            instruction=choose(ctx, rid, QA_INSTRUCTIONS),
-            input=question,
-            output=answer,
-            source="medquad",
-        )
+        yield QA_TASK.record(ctx, ("qa", question, answer), input=question, output=answer)
         # The id leaves out the answer: a question asked twice (two sites) is one classification item.
-        rid = make_id("medquad", "qtype", question, qtype)
-        yield SkillRecord(
-            id=rid,
-            skill="multilabel_classification",
-            task="medquad_question_type",
-            instruction=choose(ctx, rid, QTYPE_INSTRUCTIONS),
-            input=question,
-            output=join_labels([qtype]),
-            source="medquad",
-        )
+        yield QTYPE_TASK.record(ctx, ("qtype", question, qtype), input=question, output=join_labels([qtype]))

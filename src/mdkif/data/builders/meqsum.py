@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mdkif.data.builders.base import BuildContext, SourceSpec, clean
-from mdkif.data.builders.instructions import choose
-from mdkif.data.records import SkillRecord, make_id
+from mdkif.data.builders.instructions import BuilderTask
+from mdkif.data.records import SkillRecord
 
 FILE = "meqsum/meqsum.jsonl"
 SPEC = SourceSpec(
@@ -21,6 +21,7 @@ INSTRUCTIONS = (
     "Rewrite this consumer health question as a concise question that keeps only what is asked.",
     "Condense the following message into the single question the person needs answered.",
 )
+TASK = BuilderTask("meqsum", "summarization", "meqsum_question_summary", INSTRUCTIONS)
 
 
 def build(ctx: BuildContext) -> Iterator[SkillRecord]:
@@ -31,13 +32,4 @@ def build(ctx: BuildContext) -> Iterator[SkillRecord]:
         if not message or not summary:
             ctx.bad_row(path, line, "missing 'CHQ' or 'Summary'")
             continue
-        rid = make_id("meqsum", message, summary)
-        yield SkillRecord(
-            id=rid,
-            skill="summarization",
-            task="meqsum_question_summary",
-            instruction=choose(ctx, rid, INSTRUCTIONS),
-            input=message,
-            output=summary,
-            source="meqsum",
-        )
+        yield TASK.record(ctx, (message, summary), input=message, output=summary)

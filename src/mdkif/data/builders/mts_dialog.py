@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 
 from mdkif.data.builders.base import BuildContext, SourceSpec, clean
-from mdkif.data.builders.instructions import choose, join_labels
+from mdkif.data.builders.instructions import BuilderTask, join_labels
 from mdkif.data.records import SkillRecord, make_id
 
 FILES = ("mts_dialog/MTS-Dialog-TrainingSet.csv", "mts_dialog/MTS-Dialog-ValidationSet.csv")
@@ -63,6 +63,7 @@ SUMMARY_INSTRUCTIONS = (
     "Summarize the conversation as the '{section}' section of a clinical note.",
     "From the dialogue below, draft the clinical note's {section} section in professional language.",
 )
+SUMMARY_TASK = BuilderTask("mts_dialog", "summarization", "mts_dialog_note_section", SUMMARY_INSTRUCTIONS)
 _NAMES = ", ".join(SECTIONS.values())
 SECTION_INSTRUCTIONS = (
     f"Which section of the clinical note does this conversation document? Sections: {_NAMES}. "
@@ -70,11 +71,15 @@ SECTION_INSTRUCTIONS = (
     f"Classify the doctor-patient conversation by the clinical-note section it belongs to. Choose from: "
     f"{_NAMES}. Output the label(s) separated by '; '.",
 )
+SECTION_TASK = BuilderTask(
+    "mts_dialog", "multilabel_classification", "mts_dialog_section_header", SECTION_INSTRUCTIONS
+)
 DIALOGUE_INSTRUCTIONS = (
     "You are the doctor in this consultation. Write your next turn.",
     "Continue the conversation with the doctor's next question or reply.",
     "Given the conversation so far, what should the doctor say next?",
 )
+DIALOGUE_TASK = BuilderTask("mts_dialog", "dialogue", "mts_dialog_next_turn", DIALOGUE_INSTRUCTIONS)
 
 
 def parse_turns(dialogue: str) -> list[tuple[str, str]] | None:
@@ -109,37 +114,16 @@ def build(ctx: BuildContext) -> Iterator[SkillRecord]:
                 continue
             section, conversation = SECTIONS[header], _render(turns)
 
-            rid = make_id("mts_dialog", "note", conversation, note)
-            yield SkillRecord(
-                id=rid,
-                skill="summarization",
-                task="mts_dialog_note_section",
-                instruction=choose(ctx, rid, SUMMARY_INSTRUCTIONS).format(section=section),
-                input=conversation,
-                output=note,
-                source="mts_dialog",
+            yield SUMMARY_TASK.record(
+                ctx, ("note", conversation, note), input=conversation, output=note, fill=dict(section=section)
             )
-            rid = make_id("mts_dialog", "section", conversation, section)
-            yield SkillRecord(
-                id=rid,
-                skill="multilabel_classification",
-                task="mts_dialog_section_header",
-                instruction=choose(ctx, rid, SECTION_INSTRUCTIONS),
-                input=conversation,
-                output=join_labels([section]),
-                source="mts_dialog",
+            yield SECTION_TASK.record(
+                ctx, ("section", conversation, section), input=conversation, output=join_labels([section])
             )
             # A doctor turn that answers something: never the opening line, which has no context.
             cuts = [i for i, (who, _) in enumerate(turns) if who == "Doctor" and i > 0]
             if cuts:
-                rid = make_id("mts_dialog", "turn", conversation)
-                i = ctx.rng(rid + ":cut").choice(cuts)
-                yield SkillRecord(
-                    id=rid,
-                    skill="dialogue",
-                    task="mts_dialog_next_turn",
-                    instruction=choose(ctx, rid, DIALOGUE_INSTRUCTIONS),
-                    input=_render(turns[:i]),
-                    output=turns[i][1],
-                    source="mts_dialog",
+                i = ctx.rng(make_id("mts_dialog", "turn", conversation) + ":cut").choice(cuts)
+                yield DIALOGUE_TASK.record(
+                    ctx, ("turn", conversation), input=_render(turns[:i]), output=turns[i][1]
                 )

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from mdkif.data.errors import DataError
 from mdkif.data.records import MCQRecord
+from mdkif.io import numbered_lines
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -62,15 +63,14 @@ def text(row: dict[str, Any], key: str) -> str:
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (1-based line number, object) for each non-blank line; bad JSON is a DataError there."""
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, f"not valid JSON: {exc.msg}", line=lineno) from None
-            yield lineno, obj
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    for lineno, line in numbered_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, f"not valid JSON: {exc.msg}", line=lineno) from None
+        yield lineno, obj
 
 
 def read_json(path: Path) -> Any:
