@@ -181,8 +181,41 @@ def build_summary(
     }
 
 
-def _pct(x: float) -> str:
-    return "n/a" if math.isnan(x) else f"{100 * x:.1f}"
+# --- table cells: one format for every report that compares variants (this one, the reference run's) ---
+
+
+def pct(x: float | None) -> str:
+    """A rate as a percentage with one decimal; n/a when missing or NaN."""
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}"
+
+
+def ci_cell(value: float, low: float, high: float) -> str:
+    """`value [low, high]` in %."""
+    return f"{pct(value)} [{pct(low)}, {pct(high)}]"
+
+
+def mean_cell(values: list[float]) -> str:
+    """The macro mean of a row's primary metrics in %, `-` for a row with none."""
+    return pct(sum(values) / len(values)) if values else "-"
+
+
+def paired_cell(p: dict[str, Any] | None) -> str:
+    """A paired comparison: the difference in points [95% CI], p, McNemar's discordant counts, `*` if p < alpha."""
+    if p is None:
+        return "-"
+    cell = f"{100 * p['diff']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] p={p['p']:.3g}"
+    if p["test"] == "mcnemar" and "b_only" in p:
+        cell += f" ({p['b_only']}/{p['a_only']})"
+    return cell + (" *" if p["significant"] else "")
+
+
+def table_lines(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table: the header, its rule, one line per row."""
+    return [
+        "| " + " | ".join(head) + " |",
+        "| " + " | ".join("---" for _ in head) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 METRIC_NAMES = {"accuracy": "acc", "micro_f1": "micro-F1", "f1": "F1", "rougeL": "ROUGE-L"}
@@ -208,11 +241,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "n items; unp = unparsable or ambiguous MCQ answers (counted as wrong). Mean = macro average of the "
         f"columns' primary metrics. `*`: differs from `{first_ref}` at p < 0.05 by the paired test below.",
         "",
-        "| variant | "
-        + " | ".join(f"{b} ({METRIC_NAMES.get(metric.get(b, ''), metric.get(b, ''))})" for b in benches)
-        + " | mean |",
-        "| --- | " + " | ".join("---" for _ in benches) + " | --- |",
     ]
+    rows = []
     for v in summary["variants"]:
         cells, vals = [], []
         for b in benches:
@@ -222,15 +252,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 continue
             value = r.get("value", r.get("accuracy"))
             vals.append(value)
-            cell = f"{_pct(value)} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] n={r['n']}"
+            cell = f"{ci_cell(value, r['ci_low'], r['ci_high'])} n={r['n']}"
             if r.get("kind", "mcq") == "mcq":
                 cell += f" unp={r['unparsable'] + r['ambiguous']}"
             p = paired.get((v, first_ref, b))
             if p is not None and p["significant"]:
                 cell += " *"
             cells.append(cell)
-        mean = _pct(sum(vals) / len(vals)) if vals else "-"
-        lines.append(f"| {v} | " + " | ".join(cells) + f" | {mean} |")
+        rows.append([v, *cells, mean_cell(vals)])
+    columns = [f"{b} ({METRIC_NAMES.get(metric.get(b, ''), metric.get(b, ''))})" for b in benches]
+    lines += table_lines(["variant", *columns, "mean"], rows)
     if summary.get("paired"):
         lines += [
             "",
@@ -240,26 +271,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
             "paired-bootstrap 95% interval; p is McNemar's exact test for accuracy columns (b/a: items only "
             "the variant / only the reference got right), the paired bootstrap's otherwise. `*`: p < 0.05.",
             "",
-            "| variant | reference | " + " | ".join(benches) + " |",
-            "| --- | --- | " + " | ".join("---" for _ in benches) + " |",
         ]
         pairs = list(dict.fromkeys((p["variant"], p["reference"]) for p in summary["paired"]))
-        for v, ref in pairs:
-            cells = []
-            for b in benches:
-                p = paired.get((v, ref, b))
-                if p is None:
-                    cells.append("-")
-                    continue
-                cell = f"{100 * p['diff']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] p={p['p']:.3g}"
-                if p["test"] == "mcnemar":
-                    cell += f" ({p['b_only']}/{p['a_only']})"
-                cells.append(cell + (" *" if p["significant"] else ""))
-            lines.append(f"| {v} | {ref} | " + " | ".join(cells) + " |")
+        rows = [[v, ref, *(paired_cell(paired.get((v, ref, b))) for b in benches)] for v, ref in pairs]
+        lines += table_lines(["variant", "reference", *benches], rows)
     methods = summary.get("methods")
     if methods:
-        lines += ["", "| variant | method |", "| --- | --- |"]
-        lines += [f"| {v} | {m} |" for v, m in methods.items()]
+        lines += ["", *table_lines(["variant", "method"], [[v, m] for v, m in methods.items()])]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mdkif.evaluation.report import METRIC_NAMES
+from mdkif.evaluation.report import METRIC_NAMES, ci_cell, mean_cell, paired_cell, table_lines
 
 
 def _table(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -38,7 +38,11 @@ def _table(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     "metrics": r.get("metrics", {}),
                     "vs_base": None
                     if p is None
-                    else {k: p[k] for k in ("diff", "ci_low", "ci_high", "p", "test", "significant")},
+                    else {
+                        k: p[k]
+                        for k in ("diff", "ci_low", "ci_high", "p", "test", "significant", "b_only", "a_only")
+                        if k in p
+                    },
                 }
             )
     return rows
@@ -119,10 +123,6 @@ def write_results(
     return doc
 
 
-def _pct(x: float) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}"
-
-
 def render(doc: dict[str, Any], cfg: Any) -> str:
     table = doc["table"]
     tasks = list(dict.fromkeys(r["task"] for r in table))
@@ -146,9 +146,8 @@ def render(doc: dict[str, Any], cfg: Any) -> str:
         "differences. Routers and the best single skill saw only each task's train split; "
         "routed_arrow saw no task data at all (zero-shot, per token, from the skills' singular directions).",
         "",
-        "| row | " + " | ".join(head) + " | mean |",
-        "| --- | " + " | ".join("---" for _ in tasks) + " | --- |",
     ]
+    metric_rows = []
     for row in rows:
         cells, vals = [], []
         for t in tasks:
@@ -158,23 +157,16 @@ def render(doc: dict[str, Any], cfg: Any) -> str:
                 continue
             vals.append(r["value"])
             star = " *" if r["vs_base"] and r["vs_base"]["significant"] else ""
-            cells.append(f"{_pct(r['value'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]{star}")
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {_pct(sum(vals) / len(vals))} |")
+            cells.append(ci_cell(r["value"], r["ci_low"], r["ci_high"]) + star)
+        metric_rows.append([row, *cells, mean_cell(vals)])
+    lines += table_lines(["row", *head, "mean"], metric_rows)
     lines += ["", "Paired difference against base (points, 95% paired-bootstrap CI, p):", ""]
-    lines += ["| row | " + " | ".join(tasks) + " |", "| --- | " + " | ".join("---" for _ in tasks) + " |"]
-    for row in rows:
-        if row == "base":
-            continue
-        cells = []
-        for t in tasks:
-            p = by[(t, row)]["vs_base"] if (t, row) in by else None
-            cells.append(
-                "-"
-                if p is None
-                else f"{100 * p['diff']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] "
-                f"p={p['p']:.3g}{' *' if p['significant'] else ''}"
-            )
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    diff_rows = [
+        [row, *(paired_cell(by[(t, row)]["vs_base"] if (t, row) in by else None) for t in tasks)]
+        for row in rows
+        if row != "base"
+    ]
+    lines += table_lines(["row", *tasks], diff_rows)
     lines += [
         "",
         "## Targets (issue 13)",
