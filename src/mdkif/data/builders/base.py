@@ -6,8 +6,10 @@ A builder is one module in this package with two names:
     def build(ctx: BuildContext) -> Iterator[SkillRecord]: ...
 
 and one line in `mdkif.data.builders.REGISTRY`. It reads its native files through the context's
-readers (which count lines and route malformed rows to `ctx.bad_row`), and never decides the split,
-de-duplication or exclusion: the build does those the same way for every source.
+readers (which count lines and route malformed rows to `ctx.bad_row`), makes every record through
+`instructions.BuilderTask.record` / `skill_record` (which derive the id from the content and draw the
+instruction by it), and never decides the split, de-duplication or exclusion: the build does those the
+same way for every source.
 """
 
 from __future__ import annotations
