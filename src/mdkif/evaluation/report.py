@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -281,14 +281,61 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_chart(summary: dict[str, Any], path: Path) -> None:
-    """Grouped bars (benchmarks on x, one bar per variant) with 95% CI error bars; `*` marks a significant
-    paired difference from the first reference variant."""
+# A bar: (value, ci_low, ci_high, significant) for one series in one group, or None where there is none.
+Bar = tuple[float, float, float, bool]
+
+
+def grouped_bars(
+    path: Path,
+    groups: list[str],
+    series: list[str],
+    bar: Callable[[str, str], Bar | None],
+    *,
+    title: str,
+    figsize: tuple[float, float],
+    xlabels: list[str] | None = None,
+    tick_size: float | None = None,
+    capsize: float = 3,
+    legend: dict[str, Any] | None = None,
+) -> None:
+    """Groups on x, one bar per series with its 95% CI as error bars, `*` over a significant one; as PNG.
+
+    The one comparison chart: the evaluation report's and the reference run's."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on workers or in CI
     import matplotlib.pyplot as plt
 
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=figsize)
+    for j, s in enumerate(series):
+        xs, ys, lo, hi = [], [], [], []
+        for i, g in enumerate(groups):
+            b = bar(s, g)
+            if b is None or math.isnan(b[0]):
+                continue
+            value, ci_low, ci_high, significant = b
+            x = i - 0.4 + width * (j + 0.5)
+            xs.append(x)
+            ys.append(100 * value)
+            lo.append(100 * (value - ci_low))
+            hi.append(100 * (ci_high - value))
+            if significant:
+                ax.text(x, 100 * ci_high + 1, "*", ha="center", fontsize=12)
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=capsize, label=s)
+    ax.set_xticks(range(len(groups)), xlabels or groups, fontsize=tick_size)
+    ax.set_ylabel("primary metric (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title, fontsize=10)
+    ax.legend(**(legend or {"fontsize": "small"}))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_chart(summary: dict[str, Any], path: Path) -> None:
+    """Grouped bars (benchmarks on x, one bar per variant) with 95% CI error bars; `*` marks a significant
+    paired difference from the first reference variant."""
     by = {(r["variant"], r["benchmark"]): r for r in summary["results"]}
     benches, variants = summary["benchmarks"], summary["variants"]
     metric = _column_metrics(summary)
@@ -298,34 +345,24 @@ def plot_chart(summary: dict[str, Any], path: Path) -> None:
         for p in summary.get("paired", [])
         if p["reference"] == first_ref and p["significant"]
     }
-    width = 0.8 / max(1, len(variants))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(benches) * max(1, len(variants)) ** 0.5), 3.8))
-    for j, v in enumerate(variants):
-        xs, ys, lo, hi = [], [], [], []
-        for i, b in enumerate(benches):
-            r = by.get((v, b))
-            value = None if r is None else r.get("value", r.get("accuracy"))
-            if value is None or math.isnan(value):
-                continue
-            x = i - 0.4 + width * (j + 0.5)
-            xs.append(x)
-            ys.append(100 * value)
-            lo.append(100 * (value - r["ci_low"]))
-            hi.append(100 * (r["ci_high"] - value))
-            if (v, b) in sig:
-                ax.text(x, 100 * r["ci_high"] + 1, "*", ha="center", fontsize=12)
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=v)
-    ax.set_xticks(range(len(benches)), [f"{b}\n({METRIC_NAMES.get(metric.get(b, ''), '')})" for b in benches])
-    ax.set_ylabel("primary metric (%)")
-    ax.set_ylim(0, 105)
+
+    def bar(v: str, b: str) -> Bar | None:
+        r = by.get((v, b))
+        value = None if r is None else r.get("value", r.get("accuracy"))
+        return None if value is None else (value, r["ci_low"], r["ci_high"], (v, b) in sig)
+
     title = "Primary metric by benchmark and variant (95% bootstrap CI)"
     if sig:
         title += f"; * p<0.05 vs {first_ref}"
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    grouped_bars(
+        path,
+        benches,
+        variants,
+        bar,
+        title=title,
+        figsize=(max(5.0, 1.6 * len(benches) * max(1, len(variants)) ** 0.5), 3.8),
+        xlabels=[f"{b}\n({METRIC_NAMES.get(metric.get(b, ''), '')})" for b in benches],
+    )
 
 
 def write_reports(summary: dict[str, Any], out: Path) -> dict[str, Path]:

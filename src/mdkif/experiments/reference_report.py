@@ -14,7 +14,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mdkif.evaluation.report import METRIC_NAMES, ci_cell, mean_cell, paired_cell, table_lines
+from mdkif.evaluation.report import (
+    METRIC_NAMES,
+    Bar,
+    ci_cell,
+    grouped_bars,
+    mean_cell,
+    paired_cell,
+    table_lines,
+)
 
 
 def _table(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -216,36 +224,26 @@ def render(doc: dict[str, Any], cfg: Any) -> str:
 
 
 def plot(table: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Primary metric per task (x) and row (bars), 95% CI, `*` where the paired test against base says p < 0.05."""
     tasks = list(dict.fromkeys(r["task"] for r in table))
     rows = list(dict.fromkeys(r["row"] for r in table))
     by = {(r["task"], r["row"]): r for r in table}
-    width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.9 * len(tasks)), 4.0))
-    for j, row in enumerate(rows):
-        xs, ys, lo, hi = [], [], [], []
-        for i, t in enumerate(tasks):
-            r = by.get((t, row))
-            if r is None:
-                continue
-            x = i - 0.4 + width * (j + 0.5)
-            xs.append(x)
-            ys.append(100 * r["value"])
-            lo.append(100 * (r["value"] - r["ci_low"]))
-            hi.append(100 * (r["ci_high"] - r["value"]))
-            if r["vs_base"] and r["vs_base"]["significant"]:
-                ax.text(x, 100 * r["ci_high"] + 1, "*", ha="center", fontsize=12)
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=row)
-    labels = [f"{t}\n({METRIC_NAMES.get(by[(t, 'base')]['metric'], '')})" for t in tasks]
-    ax.set_xticks(range(len(tasks)), labels, fontsize=8)
-    ax.set_ylabel("primary metric (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title("Reference run: base vs skills + router (95% CI; * p<0.05 paired vs base)", fontsize=10)
-    ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+    def bar(row: str, t: str) -> Bar | None:
+        r = by.get((t, row))
+        if r is None:
+            return None
+        return r["value"], r["ci_low"], r["ci_high"], bool(r["vs_base"] and r["vs_base"]["significant"])
+
+    grouped_bars(
+        path,
+        tasks,
+        rows,
+        bar,
+        title="Reference run: base vs skills + router (95% CI; * p<0.05 paired vs base)",
+        figsize=(max(7.0, 1.9 * len(tasks)), 4.0),
+        xlabels=[f"{t}\n({METRIC_NAMES.get(by[(t, 'base')]['metric'], '')})" for t in tasks],
+        tick_size=8,
+        capsize=2,
+        legend={"fontsize": 7, "ncol": 3},
+    )
