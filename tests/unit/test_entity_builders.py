@@ -22,6 +22,7 @@ from mdkif.data.builders import (
 from mdkif.data.builders.base import BuildContext
 from mdkif.data.errors import DataError
 from mdkif.data.records import SkillRecord
+from mdkif.data.tasks import TASKS
 
 
 def build(module, root: Path, **kwargs) -> list[SkillRecord]:
@@ -265,3 +266,26 @@ def test_icd_malformed_entry(tmp_path):
     ctx = BuildContext(root=tmp_path, skip_bad=True)
     assert list(icd10_cm.build_from(ctx, path))
     assert [(b.line, b.message) for b in ctx.bad_rows] == [(line, "code 'A0102': empty description")]
+
+
+def test_ner_task_items_share_the_builders_corpus(tmp_path):
+    # The scored NER task reads test.tsv through the builder's IobCorpus: a test sentence that also stands in
+    # train gets the builder's very id and instruction (so excluding held-out ids reaches the skill data).
+    folder = tmp_path / "ner" / "NCBI-disease-IOB"
+    write(folder / "train.tsv", "Breast\tB-Disease\ncancer\tI-Disease\n\nFine\tO\n")
+    write(folder / "devel.tsv", "")
+    write(folder / "test.tsv", "Breast\tB-Disease\ncancer\tI-Disease\n\nGout\tB-Disease\nflares\tO\n")
+    built = {r.input: r for r in ncbi_disease.build(BuildContext(root=tmp_path))}
+    splits = TASKS["ncbi_disease_ner"].load(BuildContext(root=tmp_path))
+    test = {r.input: r for r in splits["test"]}
+    assert set(test) == {"Breast cancer", "Gout flares"}
+    shared = test["Breast cancer"]
+    assert (shared.id, shared.instruction, shared.output) == (
+        built["Breast cancer"].id,
+        built["Breast cancer"].instruction,
+        "Breast cancer",
+    )
+    assert test["Gout flares"].output == "Gout"
+    assert test["Gout flares"].tokens == ("Gout", "flares") and test["Gout flares"].tags == ("B-Disease", "O")
+    assert {r.types for r in splits["test"] + splits["dev"] + splits["train"]} == {("Disease",)}
+    assert ncbi_disease.CORPUS.types == ("Disease",) and ncbi_disease.CORPUS.spec == ncbi_disease.SPEC

@@ -31,7 +31,7 @@ from mdkif.data.builders import REGISTRY
 from mdkif.data.builders.base import BuildContext, clean
 from mdkif.data.builders.instructions import choose
 from mdkif.data.errors import DataError
-from mdkif.data.records import SkillRecord, format_prompt, make_id
+from mdkif.data.records import SkillRecord, format_prompt
 
 TaskKind = Literal["classification", "multilabel", "ner", "relation", "generation"]
 TASK_SPLITS = ("train", "dev", "test")
@@ -95,7 +95,8 @@ def _from_builder(source: str, builder_task: str, spec_name: str, kind: TaskKind
     return load
 
 
-def _task_record(r: SkillRecord, task: str, kind: TaskKind, labels) -> TaskRecord:
+def _task_record(r: SkillRecord, task: str, kind: TaskKind, labels, **extra) -> TaskRecord:
+    """The task item of one skill record (`extra`: the NER fields `tokens`, `tags`, `types`)."""
     return TaskRecord(
         id=r.id,
         task=task,
@@ -104,6 +105,7 @@ def _task_record(r: SkillRecord, task: str, kind: TaskKind, labels) -> TaskRecor
         input=r.input,
         output=r.output,
         labels=tuple(labels) if labels else None,
+        **extra,
     )
 
 
@@ -119,41 +121,31 @@ def _split(items: list[TaskRecord], spec: TaskSpec, name: str) -> dict[str, list
     return {"test": test, "dev": dev, "train": unique[spec.test_size + spec.dev_size :]}
 
 
-def _ner(source: str, folder: str, types: tuple[str, ...], spec_name: str):
+def _ner(source: str, spec_name: str):
     """NER: test items from the official test.tsv with gold tags; train/dev from the builder's records."""
 
     def load(ctx: BuildContext) -> dict[str, list[TaskRecord]]:
-        from mdkif.data.builders import _iob
-
-        builder = REGISTRY[source]
-        pool = [r for r in builder.build(ctx) if r.skill == "ner"]
+        corpus = REGISTRY[source].CORPUS  # the builder's IobCorpus: same files, types, ids, wordings
+        pool = list(corpus.build(ctx))
         if not pool:
             raise DataError(ctx.root, f"task {spec_name!r}: builder {source!r} gave no NER records")
-        builder_task = pool[0].task
         spec = TASKS[spec_name]
-        test: list[TaskRecord] = []
-        for sentence in _iob.read_sentences(ctx, f"{folder}/test.tsv", types):
-            text = _iob.detokenize(sentence.tokens)
-            output = _iob.format_entities(_iob.entities(sentence), types)
-            rid = make_id(source, builder_task, text, output)  # the builder's id scheme
-            test.append(
-                TaskRecord(
-                    id=rid,
-                    task=spec_name,
-                    kind="ner",
-                    instruction=choose(ctx, rid, builder.INSTRUCTIONS),
-                    input=text,
-                    output=output,
-                    tokens=sentence.tokens,
-                    tags=sentence.tags,
-                    types=types,
-                )
+        test = [
+            _task_record(
+                corpus.record(ctx, sentence),
+                spec_name,
+                "ner",
+                None,
+                tokens=sentence.tokens,
+                tags=sentence.tags,
+                types=corpus.types,
             )
+            for sentence in corpus.sentences(ctx, "test.tsv")
+        ]
         test = list({r.id: r for r in test}.values())
         test.sort(key=lambda r: r.id)
         random.Random(f"task-split:{spec_name}").shuffle(test)
-        others = [_task_record(r, spec_name, "ner", None) for r in pool]
-        others = [r.model_copy(update={"types": types}) for r in others]
+        others = [_task_record(r, spec_name, "ner", None, types=corpus.types) for r in pool]
         others.sort(key=lambda r: r.id)
         random.Random(f"task-split:{spec_name}:pool").shuffle(others)
         return {
@@ -247,7 +239,7 @@ def _specs() -> dict[str, TaskSpec]:
         TaskSpec(
             "bc5cdr_ner",
             "ner",
-            _ner("bc5cdr_ner", "ner/BC5CDR-IOB", ("Chemical", "Disease"), "bc5cdr_ner"),
+            _ner("bc5cdr_ner", "bc5cdr_ner"),
             "BC5CDR chemical + disease NER, official test split, entity-level F1 (seqeval)",
             skill="ner",
             max_new_tokens=48,
@@ -256,7 +248,7 @@ def _specs() -> dict[str, TaskSpec]:
         TaskSpec(
             "ncbi_disease_ner",
             "ner",
-            _ner("ncbi_disease", "ner/NCBI-disease-IOB", ("Disease",), "ncbi_disease_ner"),
+            _ner("ncbi_disease", "ncbi_disease_ner"),
             "NCBI-disease NER, official test split, entity-level F1 (seqeval)",
             skill="ner",
             max_new_tokens=40,

@@ -2,8 +2,9 @@
 
 The native files hold one `token<TAB>tag` per line and a blank line between sentences, with tags
 `O`, `B-<Type>` and `I-<Type>`. Each sentence becomes one record: the detokenised sentence as input,
-the entities as output, one line per entity type for corpora with several types. Only `train` and
-`devel` are read; `test` is the corpora's held-out split and stays out of every build.
+the entities as output, one line per entity type for corpora with several types. A build reads only
+`train` and `devel`; `test` is the corpora's held-out split, read only by `data.tasks` for scoring.
+A corpus is one `IobCorpus` declaration in its builder module.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from mdkif.data.builders.base import BuildContext
+from mdkif.data.builders.base import BuildContext, SourceSpec
 from mdkif.data.builders.instructions import join_labels, skill_record
 from mdkif.data.records import SkillRecord
 
@@ -105,27 +106,48 @@ def format_entities(spans: Sequence[tuple[str, str]], types: Sequence[str]) -> s
     return "\n".join(f"{t}: {join_labels(unique(t))}" for t in types)
 
 
-def build_ner(
-    ctx: BuildContext,
-    *,
-    source: str,
-    task: str,
-    folder: str,
-    types: Sequence[str],
-    instructions: Sequence[str],
-) -> Iterator[SkillRecord]:
-    """One `ner` record per sentence of `folder`'s train and devel files."""
-    for split in SPLITS:
-        for sentence in read_sentences(ctx, f"{folder}/{split}", types):
-            text = detokenize(sentence.tokens)
-            output = format_entities(entities(sentence), types)
-            yield skill_record(
-                ctx,
-                source,
-                (task, text, output),
-                skill="ner",
-                task=task,
-                instructions=instructions,
-                input=text,
-                output=output,
-            )
+@dataclass(frozen=True)
+class IobCorpus:
+    """One IOB NER corpus, declared once: its files, entity types, task and wordings.
+
+    The builder module builds its skill records with it and `data.tasks` its scored test items, so both
+    read the same folder with the same types and give a sentence the same id and instruction.
+    """
+
+    source: str
+    task: str
+    folder: str
+    types: tuple[str, ...]
+    instructions: tuple[str, ...]
+    description: str
+
+    @property
+    def spec(self) -> SourceSpec:
+        """The builder's source spec: the `train` and `devel` files only (`test` is held out)."""
+        files = tuple(f"{self.folder}/{split}" for split in SPLITS)
+        return SourceSpec(name=self.source, skills=("ner",), files=files, description=self.description)
+
+    def sentences(self, ctx: BuildContext, split: str) -> Iterator[Sentence]:
+        """The sentences of one split file (`train.tsv`, `devel.tsv` or `test.tsv`)."""
+        return read_sentences(ctx, f"{self.folder}/{split}", self.types)
+
+    def record(self, ctx: BuildContext, sentence: Sentence) -> SkillRecord:
+        """The `ner` record of one sentence: detokenised text in, its entities (per type) out."""
+        text = detokenize(sentence.tokens)
+        output = format_entities(entities(sentence), self.types)
+        return skill_record(
+            ctx,
+            self.source,
+            (self.task, text, output),
+            skill="ner",
+            task=self.task,
+            instructions=self.instructions,
+            input=text,
+            output=output,
+        )
+
+    def build(self, ctx: BuildContext) -> Iterator[SkillRecord]:
+        """One record per sentence of the train and devel files."""
+        for split in SPLITS:
+            for sentence in self.sentences(ctx, split):
+                yield self.record(ctx, sentence)

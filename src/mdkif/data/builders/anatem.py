@@ -5,16 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mdkif.data.builders import _iob
-from mdkif.data.builders.base import BuildContext, SourceSpec
+from mdkif.data.builders.base import BuildContext
 from mdkif.data.records import SkillRecord
-
-FOLDER = "ner/AnatEM-IOB"
-SPEC = SourceSpec(
-    name="anatem",
-    skills=("ner",),
-    files=tuple(f"{FOLDER}/{split}" for split in _iob.SPLITS),
-    description="AnatEM: biomedical sentences with anatomical entity mentions (IOB), train + devel.",
-)
 
 INSTRUCTIONS = (
     "List the anatomical entities (organs, tissues, cells, body parts, cellular components) mentioned "
@@ -25,9 +17,17 @@ INSTRUCTIONS = (
     "the sentence? Write each one exactly as it appears, separated by '; ' ('none' if there are none).",
 )
 
+CORPUS = _iob.IobCorpus(
+    source="anatem",
+    task="anatem_ner",
+    folder="ner/AnatEM-IOB",
+    types=("Anatomy",),
+    instructions=INSTRUCTIONS,
+    description="AnatEM: biomedical sentences with anatomical entity mentions (IOB), train + devel.",
+)
+SPEC = CORPUS.spec
+
 
 def build(ctx: BuildContext) -> Iterator[SkillRecord]:
     """One record per sentence of train and devel."""
-    yield from _iob.build_ner(
-        ctx, source=SPEC.name, task="anatem_ner", folder=FOLDER, types=("Anatomy",), instructions=INSTRUCTIONS
-    )
+    yield from CORPUS.build(ctx)

@@ -9,16 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mdkif.data.builders import _iob
-from mdkif.data.builders.base import BuildContext, SourceSpec
+from mdkif.data.builders.base import BuildContext
 from mdkif.data.records import SkillRecord
-
-FOLDER = "ner/BC5CDR-IOB"
-SPEC = SourceSpec(
-    name="bc5cdr_ner",
-    skills=("ner",),
-    files=tuple(f"{FOLDER}/{split}" for split in _iob.SPLITS),
-    description="BioCreative V CDR: PubMed sentences with chemical and disease mentions (IOB), train + devel.",
-)
 
 _FORMAT = (
     "Answer in two lines, 'Chemical: ...' and 'Disease: ...', each listing the mentions in order of "
@@ -30,14 +22,17 @@ INSTRUCTIONS = (
     f"Recognise the chemical and disease mentions in the following text. {_FORMAT}",
 )
 
+CORPUS = _iob.IobCorpus(
+    source="bc5cdr_ner",
+    task="bc5cdr_ner",
+    folder="ner/BC5CDR-IOB",
+    types=("Chemical", "Disease"),
+    instructions=INSTRUCTIONS,
+    description="BioCreative V CDR: PubMed sentences with chemical and disease mentions (IOB), train + devel.",
+)
+SPEC = CORPUS.spec
+
 
 def build(ctx: BuildContext) -> Iterator[SkillRecord]:
     """One record per sentence of train and devel."""
-    yield from _iob.build_ner(
-        ctx,
-        source=SPEC.name,
-        task="bc5cdr_ner",
-        folder=FOLDER,
-        types=("Chemical", "Disease"),
-        instructions=INSTRUCTIONS,
-    )
+    yield from CORPUS.build(ctx)

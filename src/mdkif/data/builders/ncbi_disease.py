@@ -5,16 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mdkif.data.builders import _iob
-from mdkif.data.builders.base import BuildContext, SourceSpec
+from mdkif.data.builders.base import BuildContext
 from mdkif.data.records import SkillRecord
-
-FOLDER = "ner/NCBI-disease-IOB"
-SPEC = SourceSpec(
-    name="ncbi_disease",
-    skills=("ner",),
-    files=tuple(f"{FOLDER}/{split}" for split in _iob.SPLITS),
-    description="NCBI-disease: PubMed sentences with disease mentions (IOB), train + devel.",
-)
 
 INSTRUCTIONS = (
     "List the disease mentions in the sentence, in order of appearance, separated by '; '. "
@@ -25,14 +17,17 @@ INSTRUCTIONS = (
     "separated by '; ' ('none' if no disease is mentioned).",
 )
 
+CORPUS = _iob.IobCorpus(
+    source="ncbi_disease",
+    task="ncbi_disease_ner",
+    folder="ner/NCBI-disease-IOB",
+    types=("Disease",),
+    instructions=INSTRUCTIONS,
+    description="NCBI-disease: PubMed sentences with disease mentions (IOB), train + devel.",
+)
+SPEC = CORPUS.spec
+
 
 def build(ctx: BuildContext) -> Iterator[SkillRecord]:
     """One record per sentence of train and devel."""
-    yield from _iob.build_ner(
-        ctx,
-        source=SPEC.name,
-        task="ncbi_disease_ner",
-        folder=FOLDER,
-        types=("Disease",),
-        instructions=INSTRUCTIONS,
-    )
+    yield from CORPUS.build(ctx)
