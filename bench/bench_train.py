@@ -399,6 +399,248 @@ def part_grouping(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
+def precision_job(out: Path, args: argparse.Namespace, data_dir: Path, dtype: str) -> Any:
+    """The reference skills' training job (train/skills_cpu.yaml's model, adapter, optimiser) at `dtype`."""
+    from mdkif.skills.config import load_stage
+    from mdkif.skills.job import SkillData, TrainJob
+
+    stage = load_stage(REPO / "train" / "skills_cpu.yaml", [f"output_dir={out}", f"model.name={args.model}"])
+    return TrainJob(
+        name=f"precision-{dtype}",
+        model=stage.model.model_copy(update={"dtype": dtype}),
+        adapter=stage.adapter,
+        optim=stage.optim.model_copy(update={"max_steps": args.precision_steps}),
+        data=SkillData(
+            dir=str(data_dir),
+            skills=tuple(args.group_skills.split(",")),
+            max_val=args.precision_val,
+        ),
+        out_dir=out / dtype,
+        ckpt_dir=out / ".checkpoints" / dtype,
+        checkpoint_every=10_000,  # the final checkpoint only: measure the loop, not the disk
+        seed=0,
+        job_key=f"bench-precision-{dtype}",
+    )
+
+
+def matmul_peak(dtype: torch.dtype, shape: tuple[int, int, int] = (1024, 576, 1536), reps: int = 20) -> float:
+    """Measured FLOP/s of one matrix product of a training step's typical shape (tokens x hidden x MLP)."""
+    m, k, n = shape
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * m * k * n * reps / (time.perf_counter() - t0)
+
+
+def profile_steps(args: argparse.Namespace, work: Path, data_dir: Path, dtype: str) -> dict:
+    """torch.profiler over `--profile-steps` steps of the loop (after 2 untimed): top ops and matmul FLOPs."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from mdkif.skills.loop import train_loop_per_worker
+
+    active = args.profile_steps
+    job = precision_job(work / f"profile-{dtype}", args, data_dir, dtype)
+    job = job.model_copy(update={"optim": job.optim.model_copy(update={"max_steps": active + 3})})
+    prof = profile(
+        activities=[ProfilerActivity.CPU],
+        schedule=schedule(wait=1, warmup=1, active=active, repeat=1),
+        with_flops=True,
+    )
+    seen: list[dict] = []
+    with prof:
+        train_loop_per_worker(
+            {"job": job, "report": seen.append, "callbacks": [lambda _job, _rank, _step: prof.step()]}
+        )
+    events = prof.key_averages()
+    total_us = sum(e.self_cpu_time_total for e in events)
+    matmul = {
+        "aten::mm",
+        "aten::bmm",
+        "aten::addmm",
+        "aten::baddbmm",
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+    }
+    mm_us = sum(e.self_cpu_time_total for e in events if e.key in matmul)
+    flops = sum(e.flops or 0 for e in events)
+    steps = seen[2 : 2 + active]
+    step_s = sum(s["step_seconds"] for s in steps)
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
+    peak = matmul_peak(torch.bfloat16 if job.model.dtype != "float32" else torch.float32)
+    return {
+        "dtype": dtype,
+        "steps": active,
+        "step_seconds": step_s / max(len(steps), 1),
+        "tokens_per_step": sum(s["tokens"] for s in steps) / max(len(steps), 1),
+        "self_cpu_seconds": total_us / 1e6,
+        "matmul_share": mm_us / total_us if total_us else 0.0,
+        "matmul_flops_per_step": flops / active,
+        "achieved_flops": flops / step_s if step_s else 0.0,
+        "peak_matmul_flops": peak,
+        "share_of_peak": (flops / step_s) / peak if step_s else 0.0,
+        "top_ops": [
+            {"op": e.key, "self_seconds": e.self_cpu_time_total / 1e6 / active, "calls": e.count // active}
+            for e in top
+        ],
+    }
+
+
+def part_precision(args: argparse.Namespace, work: Path) -> dict:
+    """The loop at `model.dtype: auto` vs float32: same data, steps, seed; real tokens/s and val loss."""
+    from mdkif.data.build import build_skill_data
+    from mdkif.models.precision import cpu_bf16_reason, resolve_dtype
+    from mdkif.skills.loop import train_loop_per_worker
+
+    t_start = time.perf_counter()
+    data_dir = work / "precision-skills"
+    build_skill_data(
+        args.data_root,
+        data_dir,
+        max_per_task=args.precision_max_per_task,
+        skip_bad=True,
+        skills=args.group_skills.split(","),
+    )
+    auto = resolve_dtype("auto", torch.device("cpu"))
+    runs: dict[str, dict] = {}
+    for rnd in range(args.rounds):
+        for dtype in ("float32", "auto"):  # alternate, so a slow phase of the machine hits both
+            job = precision_job(work / f"precision{rnd}", args, data_dir, dtype)
+            seen: list[dict] = []
+            train_loop_per_worker({"job": job, "report": seen.append})
+            meta = json.loads((job.out_dir / "metrics.json").read_text())
+            hist = meta["history"][1:]  # step 1 pays one-off allocations
+            r = runs.setdefault(dtype, {"tokens": 0, "seconds": 0.0, "cpu_seconds": 0.0, "val": []})
+            r["tokens"] += sum(h["tokens"] for h in hist)
+            r["seconds"] += sum(h["step_seconds"] for h in hist)
+            r["cpu_seconds"] += sum(h["step_cpu_seconds"] for h in hist)
+            r["val"].append((meta["val_loss_before"], meta["val_loss_after"]))
+            r["final_train_loss"] = meta["final_train_loss"]
+            r["train_examples"] = meta["train_examples"]
+            print(
+                f"precision {dtype}: {sum(h['tokens'] for h in hist) / sum(h['step_seconds'] for h in hist):.0f} "
+                f"real tokens/s, val loss {meta['val_loss_before']:.4f} -> {meta['val_loss_after']:.4f}",
+                flush=True,
+            )
+    rows = {}
+    for dtype, r in runs.items():
+        rows[dtype] = {
+            "real_tokens_per_s": r["tokens"] / r["seconds"],
+            "real_tokens_per_cpu_s": r["tokens"] / r["cpu_seconds"],
+            "val_loss_before": r["val"][0][0],
+            "val_loss_after": r["val"][-1][1],
+            "final_train_loss": r["final_train_loss"],
+        }
+    f32, au = rows["float32"], rows["auto"]
+    result = {
+        **rows,
+        "auto_dtype": str(auto).removeprefix("torch."),
+        "auto_reason": cpu_bf16_reason()[1],
+        "speedup": au["real_tokens_per_s"] / f32["real_tokens_per_s"],
+        "speedup_cpu": au["real_tokens_per_cpu_s"] / f32["real_tokens_per_cpu_s"],
+        "val_loss_rel_diff": (au["val_loss_after"] - f32["val_loss_after"]) / f32["val_loss_after"],
+        "matmul_peak_tflops": {
+            "float32": matmul_peak(torch.float32) / 1e12,
+            "bfloat16": matmul_peak(torch.bfloat16) / 1e12,
+        },
+        "settings": {
+            "model": args.model,
+            "skills": args.group_skills.split(","),
+            "max_per_task": args.precision_max_per_task,
+            "train_examples": runs["auto"]["train_examples"],
+            "steps": args.precision_steps,
+            "rounds": args.rounds,
+            "batch": f"{job.optim.batch_size} x {job.optim.grad_accum} micro-batch(es), <= "
+            f"{job.optim.max_length} tokens (train/skills_cpu.yaml)",
+            "adapter": f"AdaLoRA r {job.adapter.r} -> {job.adapter.target_r}, "
+            f"{len(job.adapter.target_modules)} projections, orth_reg {job.adapter.orth_reg_weight}",
+        },
+        "machine": machine_facts(),
+        "wall_seconds": time.perf_counter() - t_start,
+        "note": args.note,
+    }
+    if args.profile:
+        result["profile"] = {d: profile_steps(args, work, data_dir, d) for d in ("float32", "auto")}
+    return result
+
+
+def machine_facts() -> dict:
+    from mdkif.models.precision import cpu_flags
+
+    flags = cpu_flags()
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "model_name": _cpu_model_name(),
+        "cores": os.cpu_count(),
+        "bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
+        "load_avg_1min_at_start": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def precision_markdown(p: dict) -> list[str]:
+    s, m = p["settings"], p["machine"]
+    f32, au = p["float32"], p["auto"]
+    lines = [
+        f"## Precision: `model.dtype: auto` ({p['auto_dtype']}) vs float32, the project's AdaLoRA loop "
+        f"({s['model']}, skills {'+'.join(s['skills'])}, {s['steps']} steps, {s['batch']})",
+        "",
+        f"Machine: {m['model_name']}, {m['cores']} cores, bf16 flags {m['bf16_flags'] or 'none'}, load "
+        f"{m['load_avg_1min_at_start']} at start, torch {m['torch']} ({m['torch_threads']} threads). `auto` "
+        f"chose {p['auto_dtype']} because {p['auto_reason']}. Plain matrix product (1024x576 @ 576x1536) in "
+        f"the same run: fp32 {p['matmul_peak_tflops']['float32']:.2f}, bf16 "
+        f"{p['matmul_peak_tflops']['bfloat16']:.2f} TFLOP/s. {s['train_examples']} training examples; both "
+        f"runs train the same examples in the same order from the same seed ({s['rounds']} alternating round(s)).",
+        "",
+        "| precision | real tokens/s (wall) | real tokens per CPU-second | val loss before | val loss after "
+        "| last train loss |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in (("float32", f32), (f"auto ({p['auto_dtype']})", au)):
+        lines.append(
+            f"| {name} | {r['real_tokens_per_s']:.0f} | {r['real_tokens_per_cpu_s']:.0f} "
+            f"| {r['val_loss_before']:.4f} | {r['val_loss_after']:.4f} | {r['final_train_loss']:.4f} |"
+        )
+    lines += [
+        "",
+        f"auto vs float32: **{p['speedup']:.2f}x** real tokens/s (target >= 3x), {p['speedup_cpu']:.2f}x per "
+        f"CPU-second; validation loss after the same steps {100 * p['val_loss_rel_diff']:+.2f}% relative "
+        "(target within 2%).",
+        "",
+    ]
+    for dtype, prof in (p.get("profile") or {}).items():
+        lines += [
+            f"### Profile of {prof['steps']} steps at {dtype} (torch.profiler, after 2 untimed steps)",
+            "",
+            f"Step {prof['step_seconds']:.2f} s for {prof['tokens_per_step']:.0f} real tokens; matrix "
+            f"products (mm, bmm, flash attention) {100 * prof['matmul_share']:.0f}% of the CPU time; "
+            f"{prof['matmul_flops_per_step'] / 1e9:.0f} GFLOP of products a step, "
+            f"{prof['achieved_flops'] / 1e12:.3f} TFLOP/s over the step = "
+            f"**{100 * prof['share_of_peak']:.0f}% of the measured matrix-product peak** "
+            f"({prof['peak_matmul_flops'] / 1e12:.2f} TFLOP/s).",
+            "",
+            "| op | self seconds per step | calls per step |",
+            "| --- | ---: | ---: |",
+        ]
+        lines += [f"| `{o['op']}` | {o['self_seconds']:.3f} | {o['calls']} |" for o in prof["top_ops"]]
+        lines.append("")
+    if p.get("note"):
+        lines += [f"Note: {p['note']}", ""]
+    return lines
+
+
 def grouping_markdown(g: dict) -> list[str]:
     s = g["settings"]
     lines = [
@@ -484,6 +726,8 @@ def write_markdown(result: dict, path: Path) -> None:
         ]
     if "grouping" in result:
         lines += grouping_markdown(result["grouping"])
+    if "precision" in result:
+        lines += precision_markdown(result["precision"])
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -512,6 +756,32 @@ def figures(d: dict) -> list[Figure]:
                 "s",
             )
         )
+    pr = d.get("precision")
+    if pr:
+        rows.append(
+            Figure(
+                "train",
+                f"AdaLoRA loop real tokens/s, model.dtype auto ({pr['auto_dtype']})",
+                pr["auto"]["real_tokens_per_s"],
+                pr["float32"]["real_tokens_per_s"],
+                "float32, same data and steps",
+                "tokens/s",
+                ">= 3x",
+                pr["speedup"] >= 3.0,
+            )
+        )
+        rows.append(
+            Figure(
+                "train",
+                "validation loss after the same steps, auto vs float32",
+                pr["auto"]["val_loss_after"],
+                pr["float32"]["val_loss_after"],
+                "float32",
+                "loss",
+                "within 2% relative",
+                abs(pr["val_loss_rel_diff"]) <= 0.02,
+            )
+        )
     o = d.get("overhead", {}).get("ray")
     if o and "report_share_of_step_pct" in o:
         rows.append(
@@ -530,7 +800,7 @@ def figures(d: dict) -> list[Figure]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["overhead", "parallel", "grouping", "all"], default="all")
+    ap.add_argument("--part", choices=["overhead", "parallel", "grouping", "precision", "all"], default="all")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model for the overhead part")
     ap.add_argument("--skill", default="qa")
     ap.add_argument("--steps", type=int, default=6)
@@ -547,6 +817,11 @@ def main() -> None:
     ap.add_argument("--group-repeats", type=int, default=2, help="runs of each step; the fastest counts")
     ap.add_argument("--group-batch", type=int, default=4)
     ap.add_argument("--group-max-length", type=int, default=512)
+    ap.add_argument("--precision-steps", type=int, default=12, help="optimizer steps per precision")
+    ap.add_argument("--precision-max-per-task", type=int, default=60, help="records per task (seeded)")
+    ap.add_argument("--precision-val", type=int, default=48, help="validation records")
+    ap.add_argument("--profile", action="store_true", help="precision part: also profile a few steps")
+    ap.add_argument("--profile-steps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument(
         "--note", default="", help="free text stored with the results (e.g. other load on the machine)"
@@ -568,12 +843,14 @@ def main() -> None:
             result["parallel"] = part_parallel(args, work)
         if args.part in ("grouping", "all"):
             result["grouping"] = part_grouping(args, work)
+        if args.part in ("precision", "all"):
+            result["precision"] = part_precision(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "train.json"
-    if args.part == "grouping" and path.is_file():  # its own settings and machine: touch nothing else
-        result = {**json.loads(path.read_text()), "grouping": result["grouping"]}
+    if args.part in ("grouping", "precision") and path.is_file():  # own settings and machine facts
+        result = {**json.loads(path.read_text()), args.part: result[args.part]}
     elif args.part != "all" and path.is_file():  # one part re-run: keep the other part's last figures
         previous = json.loads(path.read_text())
         previous.update({k: v for k, v in result.items() if k != "settings"})

@@ -22,6 +22,10 @@ def shared_data() -> Path:
 
 
 def pytest_configure(config):
+    # `model.dtype: auto` means bf16 on a CPU with AMX / AVX-512 BF16: pin the suite to fp32 so its numbers do
+    # not depend on the machine CI lands on (tests of the bf16 path set MDKIF_CPU_BF16=1 themselves). Ray
+    # workers and CLI subprocesses started by tests inherit it.
+    os.environ.setdefault("MDKIF_CPU_BF16", "0")
     # Stage runs record to MLflow by default (runs/mlruns); tests (and the CLI and cluster subprocesses they
     # start) write to a throwaway store instead. A test that reads runs back sets its own.
     store = Path(tempfile.mkdtemp(prefix="mdkif-mlruns-"))

@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PKG = SRC / "mdkif"
 
 LAYERS: list[set[str]] = [
-    {"config", "assets", "io", "ray_session"},
+    {"config", "assets", "io", "ray_session", "allocator"},
     {"tracking"},
     {"data"},
     {"models"},

@@ -144,8 +144,10 @@ def test_job_key_of_alpaca_jobs_is_unchanged_and_chat_retrains():
         out_dir="/o/qa",
         ckpt_dir="/o/.checkpoints/qa",
     )
+    # Fields added since (key-neutral: they change neither data nor weights) are not in the old JSON.
     optim = {k: v for k, v in job.optim.model_dump(mode="json").items() if k != "gradient_checkpointing"}
-    parts = [job.model.model_dump(mode="json"), job.adapter.model_dump(mode="json"), optim, 0, None, "h"]
+    model = {k: v for k, v in job.model.model_dump(mode="json").items() if k != "attn_implementation"}
+    parts = [model, job.adapter.model_dump(mode="json"), optim, 0, None, "h"]
     old = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert job_key(job, "h") == old
     assert job_key(job.model_copy(update={"prompt_format": "chat"}), "h") != old

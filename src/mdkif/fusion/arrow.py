@@ -70,7 +70,7 @@ def arrow_weights(
     top_k: int | torch.Tensor,
     temperature: float | torch.Tensor,
 ) -> torch.Tensor:
-    """Per-token skill weights `[..., K]` for inputs `x [..., in]` and prototypes `[K, in]`.
+    """Per-token skill weights `[..., K]` (fp32) for inputs `x [..., in]` and prototypes `[K, in]`.
 
     `logits = |x @ prototypes.T|`; the `top_k` largest are kept and the rest set to -inf before
     `softmax(logits / temperature)`, as peft does. Skills without a prototype (a zero row) are never kept,
@@ -82,7 +82,9 @@ def arrow_weights(
     n = int(present.sum())
     if n == 0:
         return x.new_zeros(*x.shape[:-1], K)
-    logits = (x @ prototypes.to(x.dtype).T).abs()
+    # The product in the activations' dtype; selection and softmax in fp32, so a bf16 model's weights
+    # still sum to 1 and near-ties are broken as in fp32.
+    logits = (x @ prototypes.to(x.dtype).T).abs().float()
     if n < K:
         logits = logits.masked_fill(~present, float("-inf"))
     if isinstance(top_k, torch.Tensor):
@@ -94,5 +96,5 @@ def arrow_weights(
         top_v, idx = logits.topk(min(int(top_k), n), dim=-1)
     scores = torch.full_like(logits, float("-inf")).scatter(-1, idx, top_v)
     if isinstance(temperature, torch.Tensor):
-        temperature = temperature.to(device=x.device, dtype=x.dtype)
+        temperature = temperature.to(device=x.device, dtype=torch.float32)
     return torch.softmax(scores / temperature, dim=-1)

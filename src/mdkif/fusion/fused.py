@@ -171,7 +171,7 @@ class FusedLinear(nn.Module):
         # computes in its compute dtype, which the factors are kept in, not its packed storage dtype).
         w = self.state.for_layer(self.group).to(device=x.device, dtype=x.dtype)
         if self.state.arrow is not None:
-            g = self.arrow_weights(x, w)[..., self.segment]  # [B, T, R]: one vector per token
+            g = self.arrow_weights(x, w)[..., self.segment].to(x.dtype)  # [B, T, R]: one vector per token
         else:
             g = w[..., self.segment]  # [R] or [B, R]
             if g.dim() == 2:

@@ -47,7 +47,10 @@ class ModelConfig(StrictModel):
         "none", description="bitsandbytes 4-bit nf4 (QLoRA) or 8-bit loading; works on CPU, slowly"
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on CUDA, float32 on CPU"
+        "auto",
+        description="compute precision of the frozen base. auto: bfloat16 on a GPU with bf16 (else float16) "
+        "and on a CPU that reports AMX or AVX-512 BF16 (MDKIF_CPU_BF16=0/1 overrides the check), float32 "
+        "elsewhere; adapters train and are saved in float32 whatever this says (mdkif.models.precision)",
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     cache_dir: Path | None = Field(
@@ -55,3 +58,9 @@ class ModelConfig(StrictModel):
     )
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     trust_remote_code: bool = False
+    attn_implementation: Literal["auto", "eager", "sdpa"] = Field(
+        "auto",
+        description="attention kernel. auto: eager on a CPU computing in bf16 (its flash-attention kernel, "
+        "backward above all, was the slowest part of a bf16 training step: bench/results/train.md), else "
+        "transformers' default (sdpa)",
+    )

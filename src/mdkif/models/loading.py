@@ -27,7 +27,9 @@ from typing import Any
 
 import torch
 
+from mdkif.allocator import keep_freed_memory
 from mdkif.models.config import DEFAULT_MODEL, TINY_MODEL, ModelConfig, TinyModelConfig
+from mdkif.models.precision import attention_kernel, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +92,6 @@ def resolve_device(device: str = "auto") -> torch.device:
         assigned = ray_gpu_ids()
         return torch.device("cuda" if assigned is None or assigned else "cpu")
     return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto`: bf16 on a GPU that supports it, fp16 on an older one (V100, T4), fp32 on the CPU."""
-    if dtype == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return getattr(torch, dtype)
 
 
 def packaged_gguf() -> Path:
@@ -295,8 +288,13 @@ def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
     start = time.perf_counter()
     source = resolve_source(cfg)
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # this process computes on the CPU: reuse large buffers (mdkif.allocator)
     dtype = resolve_dtype(cfg.dtype, device)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    attention = attention_kernel(cfg.attn_implementation, device, dtype)
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
     if cfg.quantization != "none":
         compute = resolve_dtype("auto", device)
         kwargs["quantization_config"] = (

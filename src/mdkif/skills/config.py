@@ -72,8 +72,9 @@ class OptimConfig(StrictModel):
     max_length: int = Field(256, ge=16, description="tokens per example (prompt+output) or per packed block")
     bf16: bool = Field(
         True,
-        description="mixed precision on CUDA: bf16 autocast, or fp16 with loss scaling on a GPU without bf16 "
-        "(V100, T4); ignored on CPU",
+        description="mixed precision: bf16 autocast on CUDA (fp16 with loss scaling on a GPU without bf16: "
+        "V100, T4) and on a CPU whose base computes in bf16 (model.dtype auto on AMX / AVX-512 BF16); "
+        "adapters stay fp32",
     )
     gradient_checkpointing: bool = Field(
         False,

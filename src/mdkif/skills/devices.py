@@ -1,5 +1,5 @@
 """Where a stage's workers run and in which precision: the Ray Train resources of every trainer, the
-mixed-precision dtype on a CUDA device, and the process-group backend.
+mixed-precision dtype of a step (CUDA, or a CPU whose base computes in bf16), and the process-group backend.
 
 One place for these so that the skills stage, CPT/SFT/task, the multi-step pipeline and the AdaLoRA Tune
 trials all ask Ray for the GPUs their config names, and a CPU run takes the same path with the GPU parts off.
@@ -47,14 +47,25 @@ def scaling_config(
     )
 
 
-def autocast_dtype(device: torch.device, mixed_precision: bool = True) -> torch.dtype | None:
-    """The autocast dtype on `device`: bf16 on a GPU that has it, fp16 on an older one (V100, T4), None on CPU.
+def autocast_dtype(
+    device: torch.device, mixed_precision: bool = True, weight_dtype: torch.dtype | None = None
+) -> torch.dtype | None:
+    """The autocast dtype of a training step on `device`, or None for none.
 
-    fp16 needs loss scaling (the loop's `GradScaler`, or DeepSpeed's own `fp16` block); bf16 does not.
+    On CUDA: bf16 on a GPU that has it, fp16 on an older one (V100, T4); fp16 needs loss scaling (the
+    loop's `GradScaler`, or DeepSpeed's own `fp16` block), bf16 does not. On a CPU: bf16 when the frozen
+    base computes in bf16 (`weight_dtype`, from `model.dtype: auto` on a CPU with AMX or AVX-512 BF16), so
+    the fp32 adapters' products run in bf16 too instead of casting every activation up; None otherwise
+    (an fp32 base trains exactly as before). DeepSpeed's own mixed precision stays a CUDA matter: on a CPU
+    the backends are never asked for it (no `weight_dtype`).
     """
-    if device.type != "cuda" or not mixed_precision:
+    if not mixed_precision:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and weight_dtype == torch.bfloat16:
+        return torch.bfloat16
+    return None
 
 
 def process_group_backend(device: torch.device) -> str:

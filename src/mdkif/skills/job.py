@@ -22,7 +22,11 @@ from mdkif.skills.config import AdapterConfig, CorpusSource, DeepSpeedConfig, Op
 
 # Settings that change memory or disk use, not the weights a run ends with: left out of the key, so
 # switching them on does not retrain finished skills (and keys from before they existed still match).
-KEY_NEUTRAL = {"optim": ("gradient_checkpointing",), "deepspeed": ("keep_checkpoints",)}
+KEY_NEUTRAL = {
+    "model": ("attn_implementation",),
+    "optim": ("gradient_checkpointing",),
+    "deepspeed": ("keep_checkpoints",),
+}
 
 
 class FrozenModel(StrictModel):

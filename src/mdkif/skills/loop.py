@@ -9,8 +9,8 @@ checkpoint or measure the starting validation loss; step to the end, checkpointi
 reporting each step; save the adapter and its metrics. A restarted worker reloads the last checkpoint and
 re-enters the same micro-batch stream at the same step.
 
-A step, in order: forward each micro-batch (bf16 autocast on CUDA; fp16 with loss scaling on a GPU
-without bf16), loss = token-mean cross-entropy (LM head on the answer positions only) over the labelled
+A step, in order: forward each micro-batch (bf16 autocast on CUDA and on a CPU whose base computes in
+bf16; fp16 with loss scaling on a GPU without bf16), loss = token-mean cross-entropy (LM head on the answer positions only) over the labelled
 tokens of the whole step (+ AdaLoRA's orthogonality penalty), backward (gradients reduced at the last
 micro-batch only), then the backend's step (clip, optimizer, scheduler), AdaLoRA `update_and_allocate(step)`
 on the unwrapped peft model (it reads the gradients, so before `zero_grad`), `zero_grad`. How gradients
@@ -232,14 +232,18 @@ class AdapterRun:
             gradient_checkpointing=o.gradient_checkpointing,
         )
         self.is_adalora = job.adapter.kind == "adalora"
-        self.amp_dtype = autocast_dtype(self.device, o.bf16)
+        # bf16 compute under autocast where the base is bf16 (CUDA, or `auto` on a CPU with bf16 units);
+        # the adapters, their optimizer state and AdaLoRA's scores stay fp32 either way.
+        self.amp_dtype = autocast_dtype(self.device, o.bf16, loaded.model.dtype)
         self.backend = make_backend(self.peft_model, job, self.steps, self.device, self.world, data_parallel)
         self.step, self.history, self.val_before, self.resumed_from = 0, [], None, None
         self.tokens_seen, self.compute_s, self.report_s = 0, 0.0, 0.0
         self.batches: Iterator[list[Example]] = iter(())
 
     def autocast(self) -> Any:
-        return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # --- restore ------------------------------------------------------------------------------------------
 

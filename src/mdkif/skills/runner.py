@@ -387,17 +387,21 @@ def merge_adapter(base: dict[str, Any], adapter_dir: Path, out_dir: Path) -> Pat
     """Fold a LoRA adapter into an unquantized copy of its base and save it as a model directory.
 
     The copy is loaded where and in the precision the base config says (`auto`: the GPU in bf16 when
-    there is one, else the CPU in fp32), not always as fp32 on the driver's CPU (32 GB for an 8B model),
-    and it is saved in that precision.
+    there is one), not always as fp32 on the driver's CPU (32 GB for an 8B model), and it is saved in that
+    precision; on a CPU, `auto` keeps the saved copy in fp32 (bf16 there is a compute choice, and the next
+    step's base should not lose precision to it: `mdkif.models.precision.storage_dtype`).
     """
     from peft import PeftModel
 
-    from mdkif.models import ModelConfig, load_model
+    from mdkif.models import ModelConfig, load_model, resolve_device
     from mdkif.models.loading import save_model_dir
+    from mdkif.models.precision import storage_dtype
 
     if (out_dir / "config.json").is_file():
         return out_dir
-    loaded = load_model(ModelConfig(**{**base, "quantization": "none"}))
+    cfg = ModelConfig(**{**base, "quantization": "none"})
+    dtype = storage_dtype(cfg.dtype, resolve_device(cfg.device))
+    loaded = load_model(cfg.model_copy(update={"dtype": str(dtype).removeprefix("torch.")}))
     merged = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).merge_and_unload()
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     save_model_dir(merged, loaded.tokenizer, tmp)
