@@ -145,12 +145,15 @@ def test_job_key_of_alpaca_jobs_is_unchanged_and_chat_retrains():
         ckpt_dir="/o/.checkpoints/qa",
     )
     # Fields added since (key-neutral: they change neither data nor weights) are not in the old JSON.
-    optim = {k: v for k, v in job.optim.model_dump(mode="json").items() if k != "gradient_checkpointing"}
+    later = ("gradient_checkpointing", "early_stopping")
+    optim = {k: v for k, v in job.optim.model_dump(mode="json").items() if k not in later}
     model = {k: v for k, v in job.model.model_dump(mode="json").items() if k != "attn_implementation"}
     parts = [model, job.adapter.model_dump(mode="json"), optim, 0, None, "h"]
     old = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert job_key(job, "h") == old
     assert job_key(job.model_copy(update={"prompt_format": "chat"}), "h") != old
+    stopping = job.optim.model_copy(update={"early_stopping": {"every": 5}})
+    assert job_key(job.model_copy(update={"optim": stopping}), "h") != old  # set, it changes the weights
 
 
 def test_stage_config_takes_the_format_and_names_a_bad_one(tmp_path):

@@ -187,7 +187,14 @@ def restore_allocator(peft_model: Any, state: dict[str, Any]) -> None:
     base = peft_model.base_model
     alloc = base.rankallocator
     alloc.ipt, alloc.exp_avg_ipt, alloc.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
-    base.peft_config[base.trainable_adapter_name].rank_pattern = state["rank_pattern"]
+    set_rank_pattern(peft_model, state["rank_pattern"])
+
+
+def set_rank_pattern(peft_model: Any, rank_pattern: dict[str, Any] | None) -> None:
+    """Set AdaLoRA's rank pattern (which ranks each matrix keeps), e.g. the one of restored earlier weights:
+    peft cuts the saved matrices by it."""
+    base = peft_model.base_model
+    base.peft_config[base.trainable_adapter_name].rank_pattern = rank_pattern
 
 
 def save_adapter(peft_model: Any, weights: dict[str, torch.Tensor], out_dir: Path) -> None:

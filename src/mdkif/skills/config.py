@@ -58,6 +58,21 @@ class AdapterConfig(StrictModel):
         return self
 
 
+class EarlyStopping(StrictModel):
+    """Stop a job when its validation loss on the answers stops improving; the best adapter is saved.
+
+    Every `every` optimizer steps the loop measures the validation loss (and, for classification tasks, the
+    accuracy of the deciding label: `mdkif.skills.labels`); after `patience` measurements without a drop of
+    more than `min_delta` below the best so far, it stops and restores the best weights. The planned steps
+    (`epochs` / `max_steps` over the capped records) are the safety cap; AdaLoRA's rank schedule still runs
+    on them, so a job stopped early keeps more rank than its `target_r`.
+    """
+
+    every: int = Field(20, ge=1, description="optimizer steps between two validations")
+    patience: int = Field(3, ge=1, description="validations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0.0, description="smallest drop of the validation loss that counts")
+
+
 class OptimConfig(StrictModel):
     """AdamW with cosine decay after linear warm-up; steps are optimizer steps (after accumulation)."""
 
@@ -80,6 +95,10 @@ class OptimConfig(StrictModel):
         False,
         description="recompute activations in backward (non-reentrant): less memory for long sequences on a "
         "big base (8B), about a third more compute",
+    )
+    early_stopping: EarlyStopping | None = Field(
+        None,
+        description="stop on the validation loss (needs validation data); null: train every planned step",
     )
     group_by_length: bool = Field(
         True,

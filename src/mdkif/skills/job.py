@@ -27,6 +27,9 @@ KEY_NEUTRAL = {
     "optim": ("gradient_checkpointing",),
     "deepspeed": ("keep_checkpoints",),
 }
+# Settings added later that do change the weights, left out of the key while unset, so a job that does not
+# use them keeps the key it had before they existed.
+KEY_WHEN_SET = {"optim": ("early_stopping",)}
 
 
 class FrozenModel(StrictModel):
@@ -91,7 +94,8 @@ def job_key(job: TrainJob, data_hash: str) -> str:
         if value is None:
             return None
         dumped = value.model_dump(mode=mode)
-        return {k: v for k, v in dumped.items() if k not in KEY_NEUTRAL.get(name, ())}
+        unset = [k for k in KEY_WHEN_SET.get(name, ()) if dumped.get(k) is None]
+        return {k: v for k, v in dumped.items() if k not in (*KEY_NEUTRAL.get(name, ()), *unset)}
 
     parts = [part("model"), part("adapter"), part("optim"), job.seed, part("deepspeed", "python"), data_hash]
     if job.prompt_format != "alpaca":

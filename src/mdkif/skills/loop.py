@@ -19,6 +19,7 @@ are reduced and applied (one process, DDP, DeepSpeed ZeRO) is the backend's busi
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
@@ -40,15 +41,17 @@ from mdkif.skills.adapters import (
     orth_penalty,
     restore_allocator,
     save_adapter,
+    set_rank_pattern,
     total_rank,
     trainable_state,
 )
 from mdkif.skills.backends import make_backend, zero3_loading
 from mdkif.skills.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from mdkif.skills.data import IGNORE, Example, MicroBatchStream, collate, total_steps
-from mdkif.skills.datasets import job_examples
+from mdkif.skills.datasets import job_examples, skill_records
 from mdkif.skills.devices import autocast_dtype
-from mdkif.skills.job import TrainJob
+from mdkif.skills.job import SkillData, TrainJob
+from mdkif.skills.labels import LabelProbe
 from mdkif.skills.losses import evaluate, token_losses
 
 log = logging.getLogger(__name__)
@@ -191,8 +194,9 @@ def run_job(
     with zero3_loading(job, ctx.device, ctx.world if data_parallel else 1):
         run = AdapterRun(job, ctx, data_parallel)
         run.restore_or_start()
-        while run.step < run.steps:
+        while run.step < run.steps and not run.stopped:
             record = run.train_step()
+            run.validate_for_early_stopping(record)
             if run.step % job.checkpoint_every == 0 or run.step == run.steps:
                 run.save_checkpoint()
             t0 = time.perf_counter()
@@ -201,6 +205,14 @@ def run_job(
             for callback in callbacks:
                 callback(job, ctx.rank, run.step)
         return run.finish()
+
+
+def label_probe(job: TrainJob, tokenizer: Any) -> LabelProbe | None:
+    """The classification label probe of a skill job's validation records (None for raw text or none)."""
+    if not isinstance(job.data, SkillData):
+        return None
+    train, val = skill_records(job.data)
+    return LabelProbe.build(train, val, tokenizer, job.optim.max_length, job.prompt_format)
 
 
 class AdapterRun:
@@ -239,6 +251,12 @@ class AdapterRun:
         self.step, self.history, self.val_before, self.resumed_from = 0, [], None, None
         self.tokens_seen, self.compute_s, self.report_s = 0, 0.0, 0.0
         self.batches: Iterator[list[Example]] = iter(())
+        # Early stopping: every validation (step, loss, label accuracy), the best one and its weights.
+        self.validations: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.stopped = False
+        self.labels = label_probe(job, loaded.tokenizer)
 
     def autocast(self) -> Any:
         if self.amp_dtype is None:
@@ -257,6 +275,7 @@ class AdapterRun:
             restored = None
         if restored is None:
             self.val_before = self.validation_loss()
+            self._remember({"step": 0, "val_loss": self.val_before, "label_accuracy": self.label_accuracy()})
         else:
             self._restore(*restored)
         o = job.optim
@@ -273,6 +292,9 @@ class AdapterRun:
             raise RuntimeError(f"{self.job.name}: checkpoint lacks {missing[:3]}")
         self.backend.load(state)
         self.step, self.history, self.val_before = state["step"], state["history"], state["val_before"]
+        early = state.get("early_stopping") or {}
+        self.validations, self.best = early.get("validations", []), early.get("best")
+        self.best_weights, self.stopped = early.get("best_weights"), early.get("stopped", False)
         self.resumed_from = self.step
         restore_rng_state(state["rng"])
         if self.is_adalora:
@@ -345,6 +367,12 @@ class AdapterRun:
             "val_before": self.val_before,
             "rng": rng_state(),
             "adalora": allocator_state(self.peft_model) if self.is_adalora else None,
+            "early_stopping": {
+                "validations": self.validations,
+                "best": self.best,
+                "best_weights": self.best_weights,
+                "stopped": self.stopped,
+            },
             **self.backend.state(self.step),
         }
         weights = trainable_state(self.peft_model, self.job.zero3)
@@ -357,10 +385,69 @@ class AdapterRun:
         o = self.job.optim
         return evaluate(self.peft_model, self.val_ex, o.batch_size, self.pad_id, self.device, self.autocast)
 
+    def label_accuracy(self) -> float | None:
+        """Accuracy of the deciding label on the validation items of classification tasks, if any."""
+        if self.labels is None:
+            return None
+        return self.labels.accuracy(self.peft_model, self.device, self.autocast, self.job.optim.batch_size)
+
+    # --- early stopping -----------------------------------------------------------------------------------
+
+    def validate_for_early_stopping(self, record: dict[str, Any]) -> None:
+        """Every `early_stopping.every` steps: measure, keep the best weights, stop after `patience` misses.
+
+        The measurement goes into the step's report (`val_loss`, `label_accuracy`) and the history."""
+        es = self.job.optim.early_stopping
+        if es is None or not self.val_ex or (self.step % es.every and self.step != self.steps):
+            return
+        seen = {
+            "step": self.step,
+            "val_loss": self.validation_loss(),
+            "label_accuracy": self.label_accuracy(),
+        }
+        record.update(val_loss=seen["val_loss"], label_accuracy=seen["label_accuracy"])
+        self.history[-1].update(val_loss=seen["val_loss"], label_accuracy=seen["label_accuracy"])
+        self._remember(seen)
+        # validations since the best one (which carries best=True; the start, step 0, counts as one)
+        misses = next(
+            (i for i, v in enumerate(reversed(self.validations)) if v.get("best")), len(self.validations)
+        )
+        if misses >= es.patience:
+            self.stopped = True
+            log.info(
+                "%s: validation loss has not improved for %d validations; stopping at step %d (best: step %d)",
+                self.job.name,
+                misses,
+                self.step,
+                self.best["step"] if self.best else 0,
+            )
+
+    def _remember(self, seen: dict[str, Any]) -> None:
+        """Record a validation; when it is the best so far (by `min_delta`), keep a copy of the weights."""
+        es = self.job.optim.early_stopping
+        self.validations.append(seen)
+        if es is None or seen["val_loss"] is None:
+            return
+        if self.best is not None and seen["val_loss"] >= self.best["val_loss"] - es.min_delta:
+            return
+        seen["best"] = True
+        self.best = dict(seen)
+        self.best_weights = trainable_state(self.peft_model, self.job.zero3)
+        if self.is_adalora:  # the ranks those weights were masked to, which saving cuts the matrices by
+            self.best["rank_pattern"] = copy.deepcopy(allocator_state(self.peft_model)["rank_pattern"])
+
     def finish(self) -> dict[str, Any]:
         """Final validation loss and ranks; rank 0 saves the adapter (peft format) and its metrics.json."""
         job = self.job
+        if self.best_weights is not None and self.best is not None and self.best["step"] != self.step:
+            missing = load_trainable(self.peft_model, self.best_weights, job.zero3)
+            if missing:
+                raise RuntimeError(f"{job.name}: best weights lack {missing[:3]}")
+            if self.is_adalora:
+                set_rank_pattern(self.peft_model, self.best.get("rank_pattern"))
+            log.info("%s: restored the best weights (step %d)", job.name, self.best["step"])
         val_after = self.validation_loss()
+        acc_after = self.label_accuracy()
         ranks = adalora_ranks(self.peft_model) if self.is_adalora else {}
         weights = trainable_state(self.peft_model, job.zero3)
         summary = {
@@ -380,6 +467,10 @@ class AdapterRun:
             "ranks": ranks,
             "total_rank": sum(ranks.values()),
             "resumed_from_step": self.resumed_from,
+            "label_accuracy_before": self.validations[0].get("label_accuracy") if self.validations else None,
+            "label_accuracy_after": acc_after,
+            "label_tasks": self.labels.describe() if self.labels is not None else {},
+            "early_stopping": self._early_stopping_summary(),
             "tokens": self.tokens_seen,
             "compute_seconds_this_attempt": self.compute_s,
             "report_seconds_this_attempt": self.report_s,
@@ -391,6 +482,19 @@ class AdapterRun:
             write_json_atomic(job.out_dir / METRICS, summary)
         self._barrier()
         return summary
+
+    def _early_stopping_summary(self) -> dict[str, Any] | None:
+        es = self.job.optim.early_stopping
+        if es is None:
+            return None
+        return {
+            **es.model_dump(),
+            "planned_steps": self.steps,
+            "stopped_at": self.step if self.stopped else None,
+            "best_step": self.best["step"] if self.best else None,
+            "best_val_loss": self.best["val_loss"] if self.best else None,
+            "validations": [{k: v for k, v in x.items() if k != "best"} for x in self.validations],
+        }
 
     def _barrier(self) -> None:
         if self.world > 1:
