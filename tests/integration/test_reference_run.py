@@ -52,6 +52,7 @@ shard_size: 4
     rows = {(r["task"], r["row"]) for r in doc["table"]}
     expected = ["base", "best_single", "uniform", "routed_gradient", "routed_cmaes_k2", "routed_cmaes_k3"]
     expected.append("routed_arrow")  # zero-shot: one artifact for both tasks, no train items
+    expected.append("task_lora")  # a plain LoRA per task on the routers' train items
     assert rows == {(t, r) for t in ("healthver", "meqsum") for r in expected}
     by = {(r["task"], r["row"]): r for r in doc["table"]}
     assert by[("healthver", "base")]["metric"] == "accuracy" and by[("meqsum", "base")]["metric"] == "rougeL"
@@ -68,7 +69,12 @@ shard_size: 4
     assert doc["fits"]["healthver"]["best_single_skill"] in ("nli", "summarization")
     assert (results / "reference.png").stat().st_size > 0
     md = (results / "reference.md").read_text()
-    assert "| routed_cmaes_k3 |" in md and "| routed_arrow |" in md and "## Targets (issue 13)" in md
+    assert "| routed_cmaes_k3 |" in md and "| routed_arrow |" in md and "## Targets" in md
+    # task_lora: trained on exactly the routers' first k_gradient train items, paired in the table
+    lora = json.loads((out / "task_lora" / "healthver" / "adapter" / "metrics.json").read_text())
+    assert lora["train_examples"] == 8 and by[("healthver", "uniform")]["vs_task_lora"] is not None
+    assert {d["task"] for d in doc["to_task_lora"]} == {"healthver", "meqsum"}
+    assert "## Distance to task_lora" in md
     # No held-out item reached the skill data: test + dev of healthver, every meqsum item.
     ids = set()
     for path in (out / "skilldata").glob("*/*.jsonl"):

@@ -22,8 +22,15 @@ def test_default_rows_include_every_router_and_arrow() -> None:
         "routed_cmaes_k5",
         "routed_cmaes_k20",
         "routed_arrow",
+        "task_lora",
     ]
     assert cfg.needs_fits()
+
+
+def test_task_lora_row_needs_its_stage_not_the_routers() -> None:
+    assert "task_lora" not in _cfg(task_lora_config=None).selected_rows()
+    cfg = _cfg(rows=["base", "task_lora"])
+    assert cfg.selected_rows() == ["base", "task_lora"] and not cfg.needs_fits()
 
 
 def test_task_free_rows_skip_the_routers_stage() -> None:

@@ -7,12 +7,18 @@ Stages, each re-runnable without redoing finished work (interrupt it and run the
 2. **skills**: the 12 AdaLoRA skills (`train/skills_cpu.yaml`) on local Ray Train, resumable;
 3. **routers**, per task, on the task's `train` split only: gradient descent on `k_gradient` items, CMA-ES
    on k = 5 and 20 items; the best single skill is chosen by its task loss on the same `k_gradient` items;
-4. **evaluation**: base / best single / uniform / routed (gradient) / routed (CMA-ES k) / routed (Arrow:
-   zero-shot, per token, built from the skills alone, one artifact for every task) on each task's `test` items, by the evaluation harness (one scorer, Ray actors), with paired tests against the base;
-5. **results**: `reference.{md,json,png}` in `results` (the table, the exact command, wall times).
+4. **task LoRAs** (the `task_lora` row, what a user would otherwise do): a plain LoRA per task trained on
+   exactly the `k_gradient` train items the routers see (`train/task_lora_cpu.yaml`), early-stopped on the
+   task's `dev` split;
+5. **evaluation**: base / best single / uniform / routed (gradient) / routed (CMA-ES k) / routed (Arrow:
+   zero-shot, per token, built from the skills alone, one artifact for every task) / task_lora on each
+   task's `test` items, by the evaluation harness (one scorer, Ray actors), with paired tests against the
+   base and against task_lora;
+6. **results**: `reference.{md,json,png}` in `results` (the table, the exact command, wall times).
 
-Tuning never looks at a test split: the routers see `train` items, the held-out ids are checked against
-the skill data by id before anything is scored.
+Tuning never looks at a test split: the routers and the task LoRAs see `train` items (the LoRAs' early
+stopping a `dev` slice), the held-out ids are checked against the skill data by id before anything is
+scored.
 """
 
 from __future__ import annotations
@@ -74,6 +80,11 @@ class ReferenceConfig(StrictModel):
     skills_overrides: list[str] = Field(
         default_factory=list, description="key=value overrides for the skills stage (e.g. a smaller run)"
     )
+    task_lora_config: Path | None = Field(
+        Path("train/task_lora_cpu.yaml"),
+        description="the task stage that trains the task_lora row on the routers' train items; null: no row",
+    )
+    task_lora_overrides: list[str] = Field(default_factory=list, description="key=value for that stage")
     tasks: list[ReferenceTask] = Field(min_length=1)
     n_test: int = Field(100, ge=2, description="first N test items of each task are scored")
     routers: RouterPlan = Field(default_factory=RouterPlan)
@@ -110,14 +121,15 @@ class ReferenceConfig(StrictModel):
     def all_rows(self) -> list[str]:
         """Every row the run can produce, in table order."""
         rows = [*ROWS, *(f"routed_cmaes_k{k}" for k in sorted(self.routers.cmaes_ks))]
-        return rows + (["routed_arrow"] if self.arrow is not None else [])
+        rows += ["routed_arrow"] if self.arrow is not None else []
+        return rows + (["task_lora"] if self.task_lora_config is not None else [])
 
     def selected_rows(self) -> list[str]:
         return self.all_rows() if self.rows is None else [r for r in self.all_rows() if r in self.rows]
 
     def needs_fits(self) -> bool:
         """Whether a selected row is fitted on a task's train split (the best single skill or a router)."""
-        return any(r not in TASK_FREE_ROWS for r in self.selected_rows())
+        return any(r not in (*TASK_FREE_ROWS, "task_lora") for r in self.selected_rows())
 
     @model_validator(mode="after")
     def _known(self) -> ReferenceConfig:
@@ -217,6 +229,16 @@ def _model(cfg: ReferenceConfig) -> dict[str, Any]:
     return skills_stage(cfg).model.model_dump(mode="json")
 
 
+def router_pool(cfg: ReferenceConfig, task: str) -> list[Any]:
+    """The task's train split in the one seeded order every fitted row draws from: the gradient router and
+    the task LoRA take the first `k_gradient`, CMA-ES the first k."""
+    from mdkif.data.tasks import load_task
+
+    pool = sorted(load_task(task, "train", root=cfg.data_root), key=lambda x: x.id)
+    random.Random(f"{cfg.seed}:router-pool:{task}").shuffle(pool)
+    return pool
+
+
 def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any]]:
     """Stage 3: per task, on its train split only: best single skill, gradient router, CMA-ES routers.
 
@@ -226,7 +248,6 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
     """
     import torch
 
-    from mdkif.data.tasks import load_task
     from mdkif.routing.data import encode, encode_labels, end_token, task_examples
     from mdkif.routing.fit import task_loss
     from mdkif.routing.pipeline import build_fused, fit_router
@@ -247,9 +268,7 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
     fmt = bank.prompt_format  # the skills' training prompts, which the harness scores too
     for t in todo:
         t0 = time.perf_counter()
-        pool = load_task(t.name, "train", root=cfg.data_root)
-        pool = sorted(pool, key=lambda x: x.id)
-        random.Random(f"{cfg.seed}:router-pool:{t.name}").shuffle(pool)
+        pool = router_pool(cfg, t.name)
         need = max(r.k_gradient, *r.cmaes_ks)
         if len(pool) < need:
             raise ValueError(f"task {t.name}: {len(pool)} train items, the routers need {need}")
@@ -315,6 +334,87 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
     return fits
 
 
+# The skill-format folder a task's items are written under for its LoRA (a container name only: the LoRA
+# trains on the task's own instruction, input and output, exactly as the harness prompts them).
+KIND_FOLDER = {
+    "classification": "nli",
+    "multilabel": "multilabel_classification",
+    "ner": "ner",
+    "relation": "relation_extraction",
+    "generation": "summarization",
+}
+
+
+def task_lora_stage(cfg: ReferenceConfig, task: str) -> Any:
+    """The task stage that trains `task`'s LoRA: its data folder, output folder and skill-format folder."""
+    from mdkif.data.tasks import TASKS
+    from mdkif.skills.config import load_stage
+
+    assert cfg.task_lora_config is not None
+    folder = TASKS[task].skill or KIND_FOLDER[TASKS[task].kind]
+    root = cfg.out / "task_lora" / task
+    overrides = [
+        f"data.dir={root / 'data'}",
+        f"data.skills=[{folder}]",
+        f"output_dir={root}",
+        f"model.name={skills_stage(cfg).model.name}",
+        *cfg.task_lora_overrides,
+    ]
+    return load_stage(cfg.task_lora_config, overrides)
+
+
+def write_task_lora_data(cfg: ReferenceConfig, task: str, stage_cfg: Any) -> int:
+    """The routers' `k_gradient` train items as the stage's train split and the task's dev split as its
+    validation split, in skill-record form; returns the number of train items."""
+    from mdkif.data.records import SkillRecord
+    from mdkif.data.tasks import load_task
+    from mdkif.io import write_atomic
+
+    folder = Path(stage_cfg.data.dir) / stage_cfg.data.skills[0]
+    splits = {
+        "train": router_pool(cfg, task)[: cfg.routers.k_gradient],
+        "validation": load_task(task, "dev", root=cfg.data_root),
+    }
+    for split, items in splits.items():
+        records = [
+            SkillRecord(
+                id=x.id,
+                skill=stage_cfg.data.skills[0],
+                task=task,
+                instruction=x.instruction,
+                input=x.input,
+                output=x.output,
+                source=f"task:{task}",
+            )
+            for x in items
+        ]
+        write_atomic(folder / f"{split}.jsonl", "".join(r.model_dump_json() + "\n" for r in records))
+    return len(splits["train"])
+
+
+def train_task_loras(cfg: ReferenceConfig) -> dict[str, Path]:
+    """Stage 4: one plain LoRA per task on the routers' train items (in this process; finished ones skip)."""
+    from mdkif.skills.runner import run_stage
+
+    if cfg.task_lora_config is None or "task_lora" not in cfg.selected_rows():
+        return {}
+    out = {}
+    for t in cfg.tasks:
+        stage_cfg = task_lora_stage(cfg, t.name)
+        n = write_task_lora_data(cfg, t.name, stage_cfg)
+        t0 = time.perf_counter()
+        meta = run_stage(stage_cfg)
+        es = meta.get("early_stopping") or {}
+        print(
+            f"[reference] {t.name} task_lora: {n} train items, {meta['steps']} planned steps, stopped at "
+            f"{es.get('stopped_at')}, best step {es.get('best_step')}, val loss {meta['val_loss_before']:.3f} "
+            f"-> {meta['val_loss_after']:.3f} ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+        out[t.name] = Path(stage_cfg.output_dir) / "adapter"
+    return out
+
+
 def skill_names(adapters: Path) -> list[str]:
     """The trained skills' names from the adapter folders (no adapter weights are read)."""
     return sorted(p.name for p in adapters.iterdir() if (p / "adapter_config.json").is_file())
@@ -341,7 +441,12 @@ def build_arrow(cfg: ReferenceConfig, adapters: Path) -> Path | None:
 
 
 def variant_rows(
-    cfg: ReferenceConfig, adapters: Path, task: str, fit: dict[str, Any] | None, arrow: Path | None
+    cfg: ReferenceConfig,
+    adapters: Path,
+    task: str,
+    fit: dict[str, Any] | None,
+    arrow: Path | None,
+    task_lora: Path | None = None,
 ) -> list[dict[str, Any]]:
     """The table's selected rows for one task as evaluation variants (fixed weights or a saved router)."""
     model = _model(cfg)
@@ -362,7 +467,7 @@ def variant_rows(
             routers[name] = {"adapters": str(adapters), "path": str(cfg.routers_dir(task) / key)}
     if arrow is not None:
         routers["routed_arrow"] = {"adapters": str(adapters), "path": str(arrow)}
-    missing = [r for r in cfg.selected_rows() if r != "base" and r not in routers]
+    missing = [r for r in cfg.selected_rows() if r not in ("base", "task_lora") and r not in routers]
     if missing:
         raise ValueError(
             f"task {task}: no router for row(s) {missing} in {cfg.routers_dir(task) / 'fit.json'} "
@@ -371,16 +476,25 @@ def variant_rows(
     rows = []
     for name in cfg.selected_rows():
         row = {"name": name, "model": model, "scoring": scoring}
-        if name != "base":
+        if name == "task_lora":
+            if task_lora is None:
+                raise ValueError(f"task {task}: no task LoRA (the task LoRA stage did not run)")
+            row["adapter"] = str(task_lora)
+        elif name != "base":
             row["router"] = routers[name]
         rows.append(row)
     return rows
 
 
 def evaluate(
-    cfg: ReferenceConfig, adapters: Path, fits: dict[str, dict[str, Any]], arrow: Path | None
+    cfg: ReferenceConfig,
+    adapters: Path,
+    fits: dict[str, dict[str, Any]],
+    arrow: Path | None,
+    task_loras: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """Stage 4: each task's rows on its test items, one harness run per task (Ray actors, resumable)."""
+    """Stage 5: each task's rows on its test items, one harness run per task (Ray actors, resumable);
+    every row is paired against base, and against task_lora when there is one."""
     from mdkif.config import validate
     from mdkif.evaluation.config import EvalConfig
     from mdkif.evaluation.runner import run_eval
@@ -391,10 +505,12 @@ def evaluate(
             EvalConfig,
             {
                 "out": str(cfg.eval_dir(t.name)),
-                "variants": variant_rows(cfg, adapters, t.name, fits.get(t.name), arrow),
+                "variants": variant_rows(
+                    cfg, adapters, t.name, fits.get(t.name), arrow, (task_loras or {}).get(t.name)
+                ),
                 "tasks": [{"task": t.name, "split": "test", "limit": cfg.n_test}],
                 "data_root": str(cfg.data_root),
-                "compare_to": ["base"],
+                "compare_to": ["base", *(["task_lora"] if "task_lora" in cfg.selected_rows() else [])],
                 "num_workers": cfg.num_workers,
                 "shard_size": cfg.shard_size,
                 "seed": cfg.seed,
@@ -418,29 +534,35 @@ def run_reference(cfg: ReferenceConfig, command: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     with parent_run(cfg.tracking, "reference") as parent:
         parent.params({"command": command} | cfg.model_dump(mode="json", exclude={"tracking"}))
-        stage("1/5 skill data without the tasks' held-out items")
+        stage("1/6 skill data without the tasks' held-out items")
         with stage_run(cfg.tracking, "data") as run:
             data_dir = build_data(cfg)
             track_data(run, data_dir)
         times["data"] = time.perf_counter() - t0
-        stage("2/5 train 12 skills (AdaLoRA, Ray Train)")
+        stage("2/6 train 12 skills (AdaLoRA, Ray Train)")
         t = time.perf_counter()
         adapters = train_skills(cfg, data_dir)
         times["skills"] = time.perf_counter() - t
-        stage("3/5 routers per task (train split: gradient; CMA-ES k) and the zero-shot Arrow router")
+        stage("3/6 routers per task (train split: gradient; CMA-ES k) and the zero-shot Arrow router")
         t = time.perf_counter()
         with stage_run(cfg.tracking, "routers") as run:
             fits = fit_routers(cfg, adapters) if cfg.needs_fits() else {}
             track_fits(run, fits)
             arrow = build_arrow(cfg, adapters)
         times["routers"] = time.perf_counter() - t
-        stage("4/5 evaluation on the test splits (paired against base)")
+        stage("4/6 task LoRAs (the task_lora row: the routers' train items, early-stopped on dev)")
         t = time.perf_counter()
-        summaries = evaluate(cfg, adapters, fits, arrow)
+        task_loras = train_task_loras(cfg)  # each LoRA records its own `task` stage run
+        times["task_lora"] = time.perf_counter() - t
+        stage("5/6 evaluation on the test splits (paired against base and task_lora)")
+        t = time.perf_counter()
+        summaries = evaluate(cfg, adapters, fits, arrow, task_loras)
         times["eval"] = time.perf_counter() - t
-        stage("5/5 results")
+        stage("6/6 results")
         times["total"] = time.perf_counter() - t0
-        out = write_results(cfg, adapters, fits, summaries, command=command, times=times)
+        out = write_results(
+            cfg, adapters, fits, summaries, command=command, times=times, task_loras=task_loras
+        )
         parent.metrics({f"seconds/{k}": v for k, v in times.items()})
         for f in sorted(cfg.results.glob("reference.*")) + sorted(cfg.results.glob("*.png")):
             parent.artifact(f)

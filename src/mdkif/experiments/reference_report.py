@@ -24,12 +24,15 @@ from mdkif.evaluation.report import (
     table_lines,
 )
 
+PAIRED_KEYS = ("diff", "ci_low", "ci_high", "p", "test", "significant", "b_only", "a_only")
+
 
 def _table(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for task, s in summaries.items():
         res = {r["variant"]: r for r in s["results"]}
         paired = {p["variant"]: p for p in s.get("paired", []) if p["reference"] == "base"}
+        vs_lora = {p["variant"]: p for p in s.get("paired", []) if p["reference"] == "task_lora"}
         for v in s["variants"]:
             r = res[v]
             p = paired.get(v)
@@ -44,13 +47,10 @@ def _table(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     "ci_low": r["ci_low"],
                     "ci_high": r["ci_high"],
                     "metrics": r.get("metrics", {}),
-                    "vs_base": None
-                    if p is None
-                    else {
-                        k: p[k]
-                        for k in ("diff", "ci_low", "ci_high", "p", "test", "significant", "b_only", "a_only")
-                        if k in p
-                    },
+                    "vs_base": None if p is None else {k: p[k] for k in PAIRED_KEYS if k in p},
+                    "vs_task_lora": None
+                    if v not in vs_lora
+                    else {k: vs_lora[v][k] for k in PAIRED_KEYS if k in vs_lora[v]},
                 }
             )
     return rows
@@ -81,21 +81,82 @@ def targets(table: list[dict[str, Any]], routed: str) -> dict[str, Any]:
     }
 
 
+def distance_to_task_lora(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task: the best routed row (by its value) against the task LoRA, with their paired difference."""
+    by = {(r["task"], r["row"]): r for r in table}
+    out = []
+    for t in dict.fromkeys(r["task"] for r in table):
+        lora = by.get((t, "task_lora"))
+        routed = [r for r in table if r["task"] == t and r["row"].startswith("routed")]
+        if lora is None or not routed:
+            continue
+        best = max(routed, key=lambda r: r["value"])
+        out.append(
+            {
+                "task": t,
+                "best_routed": best["row"],
+                "routed_value": best["value"],
+                "task_lora_value": lora["value"],
+                "base_value": by[(t, "base")]["value"],
+                "gap": best["value"] - lora["value"],
+                "share_of_lora_gain": (best["value"] - by[(t, "base")]["value"])
+                / (lora["value"] - by[(t, "base")]["value"])
+                if lora["value"] != by[(t, "base")]["value"]
+                else None,
+                "paired": best.get("vs_task_lora"),
+            }
+        )
+    return out
+
+
+SKILL_KEYS = (
+    "train_examples",
+    "steps",
+    "val_loss_before",
+    "val_loss_after",
+    "total_rank",
+    "label_accuracy_before",
+    "label_accuracy_after",
+    "label_tasks",
+    "compute_seconds_this_attempt",
+)
+
+
 def _skills(adapters: Path) -> dict[str, Any]:
     path = adapters / "skills.json"
     if not path.is_file():
         return {}
     m = json.loads(path.read_text())
-    return {
-        "wall_seconds": m.get("wall_seconds"),
-        "skills": {
-            s: {
-                k: v.get(k)
-                for k in ("train_examples", "steps", "val_loss_before", "val_loss_after", "total_rank")
+    skills = {}
+    for s, v in m["skills"].items():
+        row = {k: v.get(k) for k in SKILL_KEYS}
+        es = v.get("early_stopping") or {}
+        row["early_stopping"] = (
+            {k: es.get(k) for k in ("planned_steps", "stopped_at", "best_step")} if es else None
+        )
+        row["validations"] = es.get("validations")
+        skills[s] = row
+    return {"wall_seconds": m.get("wall_seconds"), "skills": skills}
+
+
+def _task_loras(task_loras: dict[str, Path]) -> dict[str, Any]:
+    """Per task LoRA: items, steps, early stopping and validation loss (its metrics.json)."""
+    out = {}
+    for task, adapter in task_loras.items():
+        path = Path(adapter) / "metrics.json"
+        if path.is_file():
+            m = json.loads(path.read_text())
+            es = m.get("early_stopping") or {}
+            out[task] = {
+                "train_examples": m.get("train_examples"),
+                "planned_steps": m.get("steps"),
+                "stopped_at": es.get("stopped_at"),
+                "best_step": es.get("best_step"),
+                "val_loss_before": m.get("val_loss_before"),
+                "val_loss_after": m.get("val_loss_after"),
+                "label_accuracy_after": m.get("label_accuracy_after"),
             }
-            for s, v in m["skills"].items()
-        },
-    }
+    return out
 
 
 def write_results(
@@ -106,6 +167,7 @@ def write_results(
     *,
     command: str,
     times: dict[str, float],
+    task_loras: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     """reference.{json,md,png} in `cfg.results`; returns the JSON document."""
     out = Path(cfg.results)
@@ -119,8 +181,10 @@ def write_results(
         "config": cfg.model_dump(mode="json"),
         "table": table,
         "targets": [targets(table, r) for r in routed],
+        "to_task_lora": distance_to_task_lora(table),
         "fits": fits,
         "skills": _skills(adapters),
+        "task_loras": _task_loras(task_loras or {}),
     }
     (out / "reference.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "reference.md").write_text(render(doc, cfg))
@@ -177,7 +241,7 @@ def render(doc: dict[str, Any], cfg: Any) -> str:
     lines += table_lines(["row", *tasks], diff_rows)
     lines += [
         "",
-        "## Targets (issue 13)",
+        "## Targets",
         "",
         "Target: a routed row beats base with p < 0.05 on >= 4 of the 6 tasks, mean relative gain >= +10%, "
         "routed >= uniform on average.",
@@ -191,6 +255,22 @@ def render(doc: dict[str, Any], cfg: Any) -> str:
             f"{100 * g['mean_relative_gain']:+.1f}% over {g['relative_gain_tasks']} tasks | "
             f"{100 * g['mean_minus_uniform']:+.1f} |"
         )
+    if doc.get("to_task_lora"):
+        lines += [
+            "",
+            "## Distance to task_lora (a plain LoRA on the routers' train items)",
+            "",
+            "| task | best routed row | routed | task_lora | base | routed - task_lora (paired) | share of the "
+            "LoRA's gain over base |",
+            "| --- | --- | ---: | ---: | ---: | --- | ---: |",
+        ]
+        for d in doc["to_task_lora"]:
+            share = "-" if d["share_of_lora_gain"] is None else f"{100 * d['share_of_lora_gain']:.0f}%"
+            lines.append(
+                f"| {d['task']} | {d['best_routed']} | {100 * d['routed_value']:.1f} | "
+                f"{100 * d['task_lora_value']:.1f} | {100 * d['base_value']:.1f} | "
+                f"{paired_cell(d['paired'])} | {share} |"
+            )
     if doc["fits"]:
         lines += ["", "## What the routers chose (train split only)", ""]
         lines += [
@@ -208,17 +288,38 @@ def render(doc: dict[str, Any], cfg: Any) -> str:
             )
     sk = doc["skills"].get("skills", {})
     if sk:
-        lines += ["", "## Skills (validation loss before -> after training)", ""]
+        lines += ["", "## Skills (validation loss on the answers, before -> after training)", ""]
         lines += [
-            "| skill | train examples | steps | val loss before -> after |",
-            "| --- | --- | --- | --- |",
+            "| skill | train examples | planned steps | stopped at (best step) | val loss before -> after "
+            "| deciding-label accuracy before -> after (tasks) |",
+            "| --- | ---: | ---: | --- | --- | --- |",
         ]
         for s, m in sk.items():
             if m.get("val_loss_before") is None:
-                lines.append(f"| {s} | - | - | - |")
+                lines.append(f"| {s} | - | - | - | - | - |")
                 continue
+            es = m.get("early_stopping") or {}
+            stop = f"{es.get('stopped_at') or 'not stopped'} ({es.get('best_step')})" if es else "-"
+            acc = "-"
+            if m.get("label_accuracy_after") is not None:
+                tasks = ", ".join(
+                    f"{t} {v['labels']} labels" for t, v in (m.get("label_tasks") or {}).items()
+                )
+                acc = f"{100 * m['label_accuracy_before']:.0f}% -> {100 * m['label_accuracy_after']:.0f}% ({tasks})"
             lines.append(
-                f"| {s} | {m['train_examples']} | {m['steps']} | {m['val_loss_before']:.3f} -> {m['val_loss_after']:.3f} |"
+                f"| {s} | {m['train_examples']} | {m['steps']} | {stop} | "
+                f"{m['val_loss_before']:.3f} -> {m['val_loss_after']:.3f} | {acc} |"
+            )
+    if doc.get("task_loras"):
+        lines += ["", "## Task LoRAs (train: the routers' items; early stopping: the task's dev split)", ""]
+        lines += [
+            "| task | train items | planned steps | stopped at (best step) | dev loss before -> after |",
+            "| --- | ---: | ---: | --- | --- |",
+        ]
+        for t, m in doc["task_loras"].items():
+            lines.append(
+                f"| {t} | {m['train_examples']} | {m['planned_steps']} | {m['stopped_at'] or 'not stopped'} "
+                f"({m['best_step']}) | {m['val_loss_before']:.3f} -> {m['val_loss_after']:.3f} |"
             )
     return "\n".join(lines) + "\n"
 

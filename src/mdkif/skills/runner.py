@@ -188,10 +188,22 @@ def track_training(run: Run, cfg: CommonStage, adapters: dict[str, str], prefix:
         for key in ("loss", "lr", "adalora_rank"):
             if history and all(key in h for h in history):
                 run.series(f"{name}/{key}", [h[key] for h in history], steps)
+        for key in ("val_loss", "label_accuracy"):  # at the early-stopping validations
+            seen = [(h["step"], h[key]) for h in history if h.get(key) is not None]
+            if seen:
+                run.series(f"{name}/{key}", [v for _, v in seen], [s for s, _ in seen])
         run.metrics(
             {
                 f"{name}/{k}": meta.get(k)
-                for k in ("val_loss_before", "val_loss_after", "final_train_loss", "total_rank", "steps")
+                for k in (
+                    "val_loss_before",
+                    "val_loss_after",
+                    "final_train_loss",
+                    "total_rank",
+                    "steps",
+                    "label_accuracy_before",
+                    "label_accuracy_after",
+                )
             }
             | {f"{name}/train_examples": meta.get("train_examples"), f"{name}/tokens": meta.get("tokens")}
         )
@@ -262,7 +274,15 @@ def write_manifest(
             "total_rank": m["total_rank"],
             "ranks": m["ranks"],
             "resumed_from_step": m["resumed_from_step"],
-            "history": [{"step": h["step"], "loss": h["loss"]} for h in m["history"]],
+            "compute_seconds_this_attempt": m.get("compute_seconds_this_attempt"),
+            "label_accuracy_before": m.get("label_accuracy_before"),
+            "label_accuracy_after": m.get("label_accuracy_after"),
+            "label_tasks": m.get("label_tasks") or {},
+            "early_stopping": m.get("early_stopping"),
+            "history": [
+                {k: h[k] for k in ("step", "loss", "val_loss", "label_accuracy") if k in h}
+                for h in m["history"]
+            ],
         }
     for skill, why in left_out.items():
         skills[skill] = {"status": "skipped", "reason": why}
@@ -301,12 +321,20 @@ def plot_curves(manifest: dict[str, Any], path: Path) -> None:
     rows = -(-len(trained) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
     for ax, (skill, m) in zip(axes.flat, trained.items(), strict=False):
-        ax.plot([h["step"] for h in m["history"]], [h["loss"] for h in m["history"]], lw=1.2)
+        ax.plot([h["step"] for h in m["history"]], [h["loss"] for h in m["history"]], lw=1.2, label="train")
         before, after = m["val_loss_before"], m["val_loss_after"]
+        validated = [(h["step"], h["val_loss"]) for h in m["history"] if h.get("val_loss") is not None]
+        if validated and before is not None:  # early-stopping validations, from the start
+            steps, losses = zip(*[(0, before), *validated], strict=True)
+            ax.plot(steps, losses, "o-", ms=3, lw=1.0, label="validation")
+            best = (m.get("early_stopping") or {}).get("best_step")
+            if best is not None:
+                ax.axvline(best, color="grey", lw=0.8, ls=":")
+            ax.legend(fontsize=7)
         val = f"val {before:.2f}->{after:.2f}" if before is not None and after is not None else ""
         ax.set_title(f"{skill}  {val}", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel("train loss", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
     for ax in list(axes.flat)[len(trained) :]:
         ax.axis("off")
     fig.tight_layout()
