@@ -289,7 +289,7 @@ def serve_demo(cfg: DemoConfig, port: int = 8000) -> None:
     from mdkif.serving.app import build_app, serve_until_interrupted
     from mdkif.serving.config import check_artifacts, load_app_config, load_serve_file
 
-    _, apps = load_serve_file(repo_config("serve/serve_config.yaml"))
+    data, apps = load_serve_file(repo_config("serve/serve_config.yaml"))
     raw, _ = apps[0]
     args = _relocate(raw["args"], cfg.out)
     args["model"] = {**args.get("model", {}), "name": cfg.model}
@@ -299,7 +299,8 @@ def serve_demo(cfg: DemoConfig, port: int = 8000) -> None:
         if profile.get("rag"):
             profile["k"] = cfg.rag_k
     app_cfg = check_artifacts(load_app_config(args, "serve/serve_config.yaml args"))
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # The shipped file's HTTP settings (keep-alive, timeouts), on loopback at the demo's port.
+    serve.start(http_options={**(data.get("http_options") or {}), "host": "127.0.0.1", "port": port})
     serve.run(build_app(app_cfg), name="mdkif", route_prefix="/")
     url = f"http://127.0.0.1:{port}/v1"
     model = f"{cfg.model}:pubmedqa-rag"

@@ -152,7 +152,9 @@ def test_job_key_of_alpaca_jobs_is_unchanged_and_chat_retrains():
     old = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert job_key(job, "h") == old
     assert job_key(job.model_copy(update={"prompt_format": "chat"}), "h") != old
-    stopping = job.optim.model_copy(update={"early_stopping": {"every": 5}})
+    from mdkif.skills.config import EarlyStopping
+
+    stopping = job.optim.model_copy(update={"early_stopping": EarlyStopping(every=5)})
     assert job_key(job.model_copy(update={"optim": stopping}), "h") != old  # set, it changes the weights
 
 

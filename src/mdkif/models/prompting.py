@@ -12,10 +12,16 @@ must all show the model the text it was trained on, or "what is evaluated is wha
 Rendered text already holds the template's special tokens, so `encode_text` adds a BOS only when the text
 does not begin with one (a Llama-3 template writes `<|begin_of_text|>` itself; a second BOS shifts every
 position the adapters were trained on).
+
+Text a client sends (chat messages, completion prompts) goes through `encode_user_text` /
+`encode_messages` instead: its content is tokenized as text, so `<|im_end|>` or `<|endoftext|>` typed by a
+user is a few ordinary tokens and can neither end the prompt nor forge a turn; only the template (and the
+tokenizer's own BOS) adds control tokens.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, Literal
 
 from mdkif.data.records import format_prompt
@@ -88,3 +94,65 @@ def end_token_id(tokenizer: Any, fmt: str) -> int:
     if tokenizer.eos_token_id is None:
         raise PromptFormatError("the tokenizer has no EOS token to end a target with")
     return tokenizer.eos_token_id
+
+
+def encode_user_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of text a client wrote, control-token strings in it tokenized as plain text; the
+    tokenizer's own special tokens (its BOS) are added as usual."""
+    return list(tokenizer(text, split_special_tokens=True)["input_ids"])
+
+
+def encode_messages(tokenizer: Any, messages: list[dict[str, str]], fmt: str) -> list[int]:
+    """Token ids of a client's chat in `fmt`, every message's content tokenized as text.
+
+    `alpaca` renders the messages into one Alpaca prompt, which holds no control tokens of its own. `chat`
+    renders the tokenizer's template once with a marker in place of each content, tokenizes the template's
+    pieces as usual (its control tokens stay control tokens) and each content as text, and joins them; the
+    pieces are cut where the template's own text meets the content (a newline or a control token in
+    ChatML and Llama-3), so ordinary messages get exactly the ids of the whole rendered text (tested).
+    """
+    check_format(tokenizer, fmt)
+    if fmt == "alpaca":
+        return encode_user_text(tokenizer, render_messages(tokenizer, messages, "alpaca"))
+    # Markers no template trims or escapes (letters and digits), unique per call.
+    nonce = secrets.token_hex(6)
+    markers = [f"MDKIFCONTENT{i}X{nonce}" for i in range(len(messages))]
+    marked = [{**m, "content": markers[i]} for i, m in enumerate(messages)]
+    template = tokenizer.apply_chat_template(marked, add_generation_prompt=True, tokenize=False)
+    contents = _as_rendered(tokenizer, messages, template, markers)
+    ids: list[int] = []
+    rest = template
+    for marker, content in zip(markers, contents, strict=True):
+        head, found, rest = rest.partition(marker)
+        if not found:  # the template dropped this message (e.g. a system prompt it ignores)
+            rest = head
+            continue
+        ids += _template_ids(tokenizer, head, first=not ids)
+        ids += tokenizer(content, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return ids + _template_ids(tokenizer, rest, first=not ids)
+
+
+def _template_ids(tokenizer: Any, text: str, first: bool) -> list[int]:
+    if not text:
+        return []
+    return (
+        encode_text(tokenizer, text)
+        if first
+        else list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    )
+
+
+def _as_rendered(
+    tokenizer: Any, messages: list[dict[str, str]], template: str, markers: list[str]
+) -> list[str]:
+    """Each content as the template writes it: as given, or stripped (templates that `| trim` it)."""
+    full = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    for variant in ([m["content"] for m in messages], [m["content"].strip() for m in messages]):
+        rebuilt = template
+        for marker, content in zip(markers, variant, strict=True):
+            rebuilt = rebuilt.replace(marker, content)
+        if rebuilt == full:
+            return variant
+    raise PromptFormatError(
+        "the chat template changes message contents in a way that cannot be split from its control tokens"
+    )

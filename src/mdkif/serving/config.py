@@ -17,8 +17,9 @@ from mdkif.config import ConfigError, StrictModel, load_yaml, validate
 from mdkif.models.config import ModelConfig
 from mdkif.rag.config import PASSAGE_CHARS, PASSAGES_K
 from mdkif.routing.artifact import ROUTER_FILE, router_folder
-from mdkif.serving.protocol import LOOPBACK_HOSTS, LimitsConfig
+from mdkif.serving.protocol import INGRESS_RESERVED_SLOTS, LOOPBACK_HOSTS, LimitsConfig
 
+INGRESS_DEFAULT_CAP = 256  # Serve's own default (5) would queue every request, /healthz too, behind 5
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ADAPTER_CONFIG = "adapter_config.json"
 INDEX_MANIFEST = "index_manifest.json"
@@ -132,7 +133,11 @@ class ServeAppConfig(StrictModel):
     )
     docs: bool = Field(False, description="Serve /docs, /redoc and /openapi.json (off by default).")
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads in the model replica.")
-    ingress: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    ingress: DeploymentSettings = Field(
+        default_factory=DeploymentSettings,
+        description="max_ongoing_requests unset: 256 (the ingress only parses, validates and awaits); it may "
+        "not be below the RoutedModel's, or the ingress would queue what the model could take",
+    )
     routed_model: DeploymentSettings = Field(
         default_factory=DeploymentSettings, description="max_ongoing_requests unset: max(64, max_batch_size)"
     )
@@ -157,6 +162,29 @@ class ServeAppConfig(StrictModel):
             # A routed_model block that sets only resources keeps a cap that lets batches fill
             # (Serve's own default of 5 would cap every batch at 5).
             self.routed_model.max_ongoing_requests = max(64, self.batching.max_batch_size)
+        if self.ingress.max_ongoing_requests is None:
+            self.ingress.max_ongoing_requests = max(
+                INGRESS_DEFAULT_CAP, self.routed_model.max_ongoing_requests
+            )
+        if self.ingress.max_ongoing_requests < self.routed_model.max_ongoing_requests:
+            raise ValueError(
+                f"ingress.max_ongoing_requests ({self.ingress.max_ongoing_requests}) must be >= "
+                f"routed_model.max_ongoing_requests ({self.routed_model.max_ongoing_requests}): every request "
+                "passes the ingress, which would otherwise queue (health checks included) what the model admits"
+            )
+        room = self.ingress.max_ongoing_requests - INGRESS_RESERVED_SLOTS
+        if room < 1:
+            raise ValueError(
+                f"ingress.max_ongoing_requests ({self.ingress.max_ongoing_requests}) must leave room for "
+                f"generation above the {INGRESS_RESERVED_SLOTS} slots kept for /healthz, /v1/models and /v1/stats"
+            )
+        if self.limits.max_in_flight is None:
+            self.limits.max_in_flight = room
+        elif self.limits.max_in_flight > room:
+            raise ValueError(
+                f"limits.max_in_flight ({self.limits.max_in_flight}) must be <= ingress.max_ongoing_requests - "
+                f"{INGRESS_RESERVED_SLOTS} ({room}): the slots above it keep /healthz answering under load"
+            )
         if self.batching.enabled and self.routed_model.max_ongoing_requests < self.batching.max_batch_size:
             raise ValueError(
                 f"routed_model.max_ongoing_requests ({self.routed_model.max_ongoing_requests}) must be >= "

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mdkif.serving.protocol import (
     LOOPBACK_HOSTS,
     SSE_DONE,
+    Admission,
     APIError,
     ChatRequest,
     CompletionRequest,
@@ -36,6 +37,8 @@ from mdkif.serving.protocol import (
     chat_response,
     check_api_key,
     check_limits,
+    check_transport,
+    client_address,
     completion_response,
     error_body,
     error_type,
@@ -119,9 +122,16 @@ class RoutedModel:
             gen = await self._prepare(req)
         except APIError as exc:
             return {"status": exc.status, **exc.body()}
-        if self.batching:
-            return await self.generate_batched(gen)
-        return (await asyncio.to_thread(self.engine.generate_each, [gen]))[0]
+        try:
+            if self.batching:
+                return await self.generate_batched(gen)
+            return (await asyncio.to_thread(self.engine.generate_each, [gen]))[0]
+        except asyncio.CancelledError:
+            # The client has gone (Serve cancels the call): its row leaves the token loop at the next step
+            # instead of generating to the end for nobody; the rest of its batch goes on.
+            gen.cancelled.set()
+            log.info("generation cancelled by its caller (client disconnected); its row stops")
+            raise
 
     async def stream(self, req: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """First yields `{"ok": True}` (or an error) once the request is accepted, then the text chunks."""
@@ -135,6 +145,9 @@ class RoutedModel:
         while True:
             try:
                 chunk = await asyncio.to_thread(next, steps, None)
+            except asyncio.CancelledError:
+                log.info("stream cancelled by its caller (client disconnected)")
+                raise
             except Exception as exc:  # noqa: BLE001 - the ingress already answered 200: an in-band error
                 log.exception("streamed generation failed")
                 err = APIError(500, f"generation failed: {type(exc).__name__}", code="internal_error")
@@ -160,14 +173,21 @@ class RoutedModel:
 # ---- Ingress ------------------------------------------------------------------------------------------
 # The docs pages are opt-in (`docs: true`); the replica's __init__ records the setting here, which the
 # middleware below reads (one ingress app per replica process).
-_SETTINGS: dict[str, Any] = {"docs": False, "allowed_hosts": list(LOOPBACK_HOSTS)}
+_SETTINGS: dict[str, Any] = {
+    "docs": False,
+    "allowed_hosts": list(LOOPBACK_HOSTS),
+    "limits": LimitsConfig(),
+}
 _DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
-api = FastAPI(title="MDKIF", description="OpenAI-compatible API over the routed medical model")
+# No redirect from /v1/chat/completions/ to the slashless path (an empty 307 for a POST): such paths 404.
+api = FastAPI(
+    title="MDKIF", description="OpenAI-compatible API over the routed medical model", redirect_slashes=False
+)
 
 
 def _json_error(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
 
 
 def _host_allowed(host: str, allowed: list[str]) -> bool:
@@ -180,7 +200,8 @@ def _host_allowed(host: str, allowed: list[str]) -> bool:
 
 
 class _Guard:
-    """Pure ASGI middleware: Host header (DNS rebinding), JSON Content-Type on POST, docs pages opt-in.
+    """Pure ASGI middleware: header limits and encodings (`check_transport`), Host header (DNS rebinding),
+    JSON Content-Type on POST, docs pages opt-in.
 
     (Not BaseHTTPMiddleware, which would wrap every streamed response and its disconnect handling.)
     """
@@ -191,26 +212,34 @@ class _Guard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        path = scope.get("path", "")
-        refusal = None
+        raw = scope.get("headers", [])
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
+        # The app's own path: under a route prefix (`route_prefix: /mdkif`) the scope's path carries it.
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        refusal = check_transport(raw, _SETTINGS["limits"]) or self._refusal(scope, headers, path)
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        return await _json_error(refusal)(scope, receive, send)
+
+    @staticmethod
+    def _refusal(scope: dict[str, Any], headers: dict[str, str], path: str) -> APIError | None:
         if path != "/healthz" and not _host_allowed(headers.get("host", ""), _SETTINGS["allowed_hosts"]):
-            refusal = APIError(
+            return APIError(
                 421, "this Host is not served here (see allowed_hosts in the serve config)", code="bad_host"
             )
-        elif path in _DOC_PATHS and not _SETTINGS["docs"]:
-            refusal = APIError(404, f"Not Found: {path} (set docs: true to serve it)", code="not_found")
-        elif scope.get("method") == "POST":
+        if path in _DOC_PATHS and not _SETTINGS["docs"]:
+            return APIError(404, f"Not Found: {path} (set docs: true to serve it)", code="not_found")
+        if scope.get("method") == "POST":
             ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
             if ctype != "application/json":
-                refusal = APIError(
+                return APIError(
                     415,
                     f"Content-Type must be application/json, not '{ctype or 'none'}'",
                     code="unsupported_media_type",
                 )
-        if refusal is None:
-            return await self.app(scope, receive, send)
-        return await _json_error(refusal)(scope, receive, send)
+        return None
 
 
 api.add_middleware(_Guard)
@@ -222,25 +251,54 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return JSONResponse(error_body(str(exc.detail), error_type(exc.status_code)), status_code=exc.status_code)
 
 
+def _cancelled(exc: BaseException) -> bool:
+    """A call cancelled because its client went away (Serve cancels the request and its model call)."""
+    from ray.exceptions import TaskCancelledError
+
+    return isinstance(exc, asyncio.CancelledError | TaskCancelledError)
+
+
 @api.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if _cancelled(exc):
+        log.info("request to %s cancelled (client disconnected)", request.url.path)
+        return _json_error(APIError(499, "request cancelled", code="cancelled"))
     log.exception("unhandled error on %s", request.url.path)
     return _json_error(APIError(500, f"internal error: {type(exc).__name__}", code="internal_error"))
 
 
 def _failure(exc: BaseException, timeout: float) -> APIError:
-    """A failed call to the model: 504 when it timed out, 503 when the replica is gone, else 500."""
+    """A failed call to the model: 504 when it timed out, 503 when the replica is gone, else 500 (a call
+    cancelled because the client left is logged at INFO: nobody reads its answer)."""
     from ray.exceptions import RayActorError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+    if _cancelled(exc):
+        log.info("model call cancelled (client disconnected)")
+        return APIError(499, "request cancelled", code="cancelled")
     if isinstance(exc, TimeoutError):
         return APIError(504, f"the model did not answer within {timeout:g} s", code="timeout")
     if isinstance(exc, RayActorError | BackPressureError | DeploymentUnavailableError):
         return APIError(
-            503, "the model replica is unavailable (restarting or overloaded); retry", code="unavailable"
+            503,
+            "the model replica is unavailable (restarting, or its queue is full); retry",
+            code="unavailable",
+            headers={"Retry-After": "1"},
         )
     log.exception("model call failed")
     return APIError(500, f"internal error: {type(exc).__name__}", code="internal_error")
+
+
+async def _releasing(body: AsyncIterator[Any], release: Any) -> AsyncIterator[Any]:
+    """A streamed body that gives its admission slot back when it ends, fails or is cancelled."""
+    try:
+        async for part in body:
+            yield part
+    finally:
+        release()
+
+
+STATS_WAIT_S = 2.0  # how long /v1/stats waits for the model replica's counters
 
 
 def _value(enum_or_str: Any) -> str:
@@ -262,6 +320,10 @@ class Ingress:
         self.api_key = os.environ.get(env) if env else None
         if info.get("require_api_key") and not self.api_key:
             raise RuntimeError(f"require_api_key is set but ${env} is empty in the ingress replica")
+        self.admission = Admission(
+            self.limits.max_in_flight or 1, self.limits.max_in_flight_per_client, self.limits.retry_after_s
+        )
+        _SETTINGS["limits"] = self.limits
         _SETTINGS["docs"] = bool(info.get("docs", False))
         _SETTINGS["allowed_hosts"] = [
             h.lower() for h in info.get("allowed_hosts", _SETTINGS["allowed_hosts"])
@@ -313,6 +375,36 @@ class Ingress:
             return await asyncio.wait_for(getattr(self.model, method).remote(payload), timeout)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON answer, never a hang
             return _json_error(_failure(exc, timeout))
+
+    def _client(self, request: Request) -> str:
+        return client_address(request.client, request.headers, self.limits.client_address_header)
+
+    async def _admitted(self, request: Request, handler: Any, *args: Any) -> Any:
+        """Run `handler` holding one admission slot for this client (refused at once when none is free);
+        a streamed answer hands its slot to the stream, which gives it back after its last event."""
+        client = self._client(request)
+        try:
+            self.admission.enter(client)
+        except APIError as exc:
+            return _json_error(exc)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.admission.leave(client)
+
+        try:
+            response = await handler(request, *args)
+        except BaseException:
+            release()
+            raise
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _releasing(response.body_iterator, release)
+        else:
+            release()
+        return response
 
     async def _complete(self, request: Request, kind: str) -> Any:
         schema = ChatRequest if kind == "chat" else CompletionRequest
@@ -384,15 +476,18 @@ class Ingress:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Any:
-        return await self._complete(request, "chat")
+        return await self._admitted(request, self._complete, "chat")
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Any:
-        return await self._complete(request, "completion")
+        return await self._admitted(request, self._complete, "completion")
 
     @api.post("/v1/route")
     async def route(self, request: Request) -> Any:
         """The skill weights a profile (fixed, static router or input-conditioned gate) gives a prompt."""
+        return await self._admitted(request, self._route)
+
+    async def _route(self, request: Request) -> Any:
         try:
             req = await self._read(request, RouteRequest)
             profile = self.names.resolve(req.model)
@@ -449,11 +544,18 @@ class Ingress:
 
     @api.get("/v1/stats")
     async def stats(self, request: Request) -> Any:
-        """The model replica's counters: merged-weight cache, batch sizes (needs the key)."""
+        """The ingress's admission counters and the model replica's (merged-weight cache, batch sizes,
+        cancelled rows); needs the key. The model's part waits at most STATS_WAIT_S: a replica at its
+        request limit queues the call behind generation, and a stats page must not hang on that."""
         if (refused := self._refusal(request)) is not None:
             return refused
-        result = await self._call("stats", {})
-        return result if isinstance(result, JSONResponse) else {"object": "stats", "model": result}
+        out: dict[str, Any] = {"object": "stats", "ingress": self.admission.stats()}
+        try:
+            out["model"] = await asyncio.wait_for(self.model.stats.remote({}), STATS_WAIT_S)
+        except Exception as exc:  # noqa: BLE001 - busy or restarting: say so, answer anyway
+            err = _failure(exc, STATS_WAIT_S)
+            out["model"] = {"status": "unavailable", "message": err.message}
+        return out
 
     @api.get("/healthz")
     async def healthz(self) -> Any:

@@ -35,7 +35,7 @@ import torch
 
 from mdkif.fusion import FusedModel, FusionError, SkillBank, fuse
 from mdkif.models import load_model
-from mdkif.models.prompting import PromptFormatError, check_format, encode_text, render_messages
+from mdkif.models.prompting import PromptFormatError, check_format, encode_messages, encode_user_text
 from mdkif.models.tokens import end_of_turn_ids
 from mdkif.prompts import render_passages
 from mdkif.rag.config import PASSAGE_CHARS
@@ -75,6 +75,8 @@ class GenRequest:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    # Set by the caller when nobody waits for the answer any more: the row leaves the loop at the next step.
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
 
 @dataclass
@@ -211,6 +213,7 @@ class RoutedEngine:
         for name, p in cfg.profiles.items():
             self.profiles[name] = self._profile(name, p)
         self.lock = threading.RLock()
+        self.cancelled_rows = 0  # rows whose caller went away, stopped before their end (see /v1/stats)
         self.prompt_format = self._prompt_format(cfg.prompt_format)
         # EOS, the generation config's EOS list and the family's end-of-turn token (<|eot_id|>, ...).
         self.eos_ids = set(end_of_turn_ids(self.tokenizer, self.model))
@@ -319,17 +322,16 @@ class RoutedEngine:
                     else len(msgs) - 1
                 )
                 msgs[last]["content"] = f"{context}\n\n{msgs[last]['content']}"
-            if self.prompt_format == "alpaca":  # as the skills were trained (and the harness scores)
-                return encode_text(self.tokenizer, render_messages(self.tokenizer, msgs, "alpaca"))
-            if self.prompt_format == "chat":
-                ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-                if isinstance(ids, dict) or hasattr(ids, "keys"):
-                    ids = ids["input_ids"]
-                return list(ids)
+            # Contents are tokenized as text: only the template adds control tokens.
+            if self.prompt_format in ("alpaca", "chat"):  # alpaca: as the skills were trained and scored
+                try:
+                    return encode_messages(self.tokenizer, msgs, self.prompt_format)
+                except PromptFormatError as exc:
+                    raise APIError(400, f"'messages': {exc}", "messages", "invalid_value") from None
             text = "\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\nassistant:"
         else:
             text = f"{context}\n\n{prompt}" if context else (prompt or "")
-        return list(self.tokenizer(text)["input_ids"])
+        return encode_user_text(self.tokenizer, text)
 
     @staticmethod
     def question(messages: list[dict[str, str]] | None, prompt: str | None) -> str:
@@ -495,7 +497,9 @@ class RoutedEngine:
             probs = torch.softmax(scaled, -1)
             if row.req.top_p < 1.0:
                 sorted_p, idx = probs.sort(descending=True)
-                keep = sorted_p.cumsum(0) - sorted_p < row.req.top_p  # always keeps the top token
+                keep = sorted_p.cumsum(0) - sorted_p < row.req.top_p
+                # The top token always stays, also when top_p rounds to 0 in float32 (below ~1e-45).
+                keep[0] = True
                 probs = torch.zeros_like(probs).scatter_(0, idx[keep], sorted_p[keep])
             out.append(int(torch.multinomial(probs, 1, generator=row.generator)))
         return out
@@ -534,7 +538,10 @@ class RoutedEngine:
         while True:
             picks = self._pick(out.logits[:, -1, :], rows)
             for row, tok in zip(rows, picks, strict=True):
-                if row.finish is None:
+                if row.finish is None and row.req.cancelled.is_set():
+                    row.finish = "cancelled"
+                    self.cancelled_rows += 1
+                elif row.finish is None:
                     self._advance(row, tok)
             yield rows
             if all(r.finish is not None for r in rows):
@@ -612,6 +619,7 @@ class RoutedEngine:
 
     def stats(self) -> dict[str, Any]:
         return {
+            "cancelled_rows": self.cancelled_rows,
             "profiles": [p for p in self.profiles if p is not None],
             "skills": self.bank.names if self.bank is not None else [],
             "merged_builds": self.cache.builds if self.cache else 0,

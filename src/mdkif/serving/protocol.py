@@ -37,8 +37,31 @@ class LimitsConfig(StrictModel):
         120.0, gt=0, description="The ingress gives up on the model after this long (504)."
     )
     body_timeout_s: float = Field(
-        10.0, gt=0, description="A request body not fully received after this long is refused (408)."
+        5.0, gt=0, description="A request body not fully received after this long is refused (408)."
     )
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Generation requests (chat, completions, route) one ingress replica handles at once, "
+        "body reads and streams included; more get 503 with Retry-After at once instead of waiting. Default: "
+        "the ingress's max_ongoing_requests minus the slots kept for /healthz, /v1/models and /v1/stats.",
+    )
+    max_in_flight_per_client: int = Field(
+        8,
+        ge=0,
+        description="Of those, most from one client address; more get 429 with Retry-After (0: no bound). "
+        "Behind a proxy every client has the proxy's address: set client_address_header, or raise this.",
+    )
+    client_address_header: str | None = Field(
+        None,
+        description="Header a trusted reverse proxy puts the client address in (e.g. x-forwarded-for: its "
+        "first entry counts); default: the TCP peer. Never set it without such a proxy: clients forge it.",
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After of the 429 / 503 answers above.")
+    max_header_bytes: int = Field(
+        16384, ge=1024, description="Request header names + values, in bytes (431 above)."
+    )
+    max_headers: int = Field(64, ge=8, description="Request header fields (431 above).")
 
 
 class APIError(Exception):
@@ -51,16 +74,121 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = type or error_type(status)
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+INGRESS_RESERVED_SLOTS = 16  # ingress slots generation never takes: /healthz, /v1/models, /v1/stats
+
+
+class Admission:
+    """Which generation requests one ingress replica takes on: at most `limit` at once, `per_client` from
+    one client address; the others are refused at once (503 / 429 with Retry-After) instead of queueing.
+
+    The ingress only parses, validates and awaits, so a request it holds costs a coroutine; what must not
+    happen is that slow or long requests take every slot Serve gives the replica (`max_ongoing_requests`),
+    which would queue health checks and model listings behind them. `limit` stays below that cap by the
+    slots kept for those (INGRESS_RESERVED_SLOTS), and a request holds its slot from admission until its
+    response ends (a stream: until its last event).
+    """
+
+    def __init__(self, limit: int, per_client: int, retry_after_s: int = 1) -> None:
+        self.limit, self.per_client, self.retry_after = limit, per_client, str(retry_after_s)
+        self.total = 0
+        self.by_client: dict[str, int] = {}
+        self.refused = {429: 0, 503: 0}
+
+    def enter(self, client: str) -> None:
+        """Take a slot for `client`, or raise the refusal (nothing is taken then)."""
+        if self.total >= self.limit:
+            self.refused[503] += 1
+            raise APIError(
+                503,
+                f"the server is at its limit of {self.limit} requests in progress; retry shortly",
+                code="overloaded",
+                headers={"Retry-After": self.retry_after},
+            )
+        held = self.by_client.get(client, 0)
+        if self.per_client and held >= self.per_client:
+            self.refused[429] += 1
+            raise APIError(
+                429,
+                f"this client already has {held} requests in progress (the limit per client is "
+                f"{self.per_client}); retry when one has finished",
+                code="rate_limit_exceeded",
+                type="rate_limit_error",
+                headers={"Retry-After": self.retry_after},
+            )
+        self.total += 1
+        self.by_client[client] = held + 1
+
+    def leave(self, client: str) -> None:
+        """Give the slot back (exactly once per successful `enter`)."""
+        self.total -= 1
+        left = self.by_client.get(client, 1) - 1
+        if left > 0:
+            self.by_client[client] = left
+        else:
+            self.by_client.pop(client, None)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "in_flight": self.total,
+            "limit": self.limit,
+            "per_client": self.per_client,
+            "clients": len(self.by_client),
+            "refused": {str(k): v for k, v in self.refused.items()},
+        }
+
+
+def client_address(peer: Any, headers: dict[str, str], header: str | None) -> str:
+    """The client a request counts against: the trusted proxy's header (first entry), else the TCP peer."""
+    if header:
+        value = headers.get(header.lower(), "").split(",", 1)[0].strip()
+        if value:
+            return value
+    return str(peer[0]) if peer else "unknown"
+
+
+def check_transport(raw_headers: list[tuple[bytes, bytes]], limits: LimitsConfig) -> APIError | None:
+    """What the HTTP layer under the proxy lets through and we refuse (None: the request may go on):
+    oversized header sections (431), a repeated Host (400, as HTTP/1.1 requires), a body encoding we do not
+    decode (415) and a transfer coding other than chunked (501)."""
+    size = sum(len(k) + len(v) for k, v in raw_headers)
+    if len(raw_headers) > limits.max_headers or size > limits.max_header_bytes:
+        return APIError(
+            431,
+            f"request headers are too large ({len(raw_headers)} fields, {size} bytes; the limits are "
+            f"{limits.max_headers} fields and {limits.max_header_bytes} bytes)",
+            code="headers_too_large",
+        )
+    names = [k.decode("latin-1").lower() for k, _ in raw_headers]
+    if names.count("host") > 1:
+        return APIError(400, "more than one Host header", code="bad_host")
+    values = {k.decode("latin-1").lower(): v.decode("latin-1").strip().lower() for k, v in raw_headers}
+    encoding = values.get("content-encoding")
+    if encoding not in (None, "", "identity"):
+        return APIError(
+            415,
+            f"Content-Encoding '{encoding}' is not accepted; send the body uncompressed",
+            code="bad_encoding",
+        )
+    codings = [c.strip() for c in values.get("transfer-encoding", "").split(",") if c.strip()]
+    if any(c != "chunked" for c in codings):
+        return APIError(
+            501,
+            f"Transfer-Encoding '{values['transfer-encoding']}' is not supported (only chunked)",
+            code="bad_transfer_encoding",
+        )
+    return None
 
 
 def error_type(status: int) -> str:
