@@ -17,8 +17,9 @@ def tune(
 ) -> None:
     """Search router or AdaLoRA settings with Ray Tune (CMA-ES searcher by default); save table + best config."""
     from mdkif.config import load_config
-    from mdkif.tuning.search import SearchConfig, run_tune
+    from mdkif.tuning.search import SearchConfig, check_space, run_tune
 
     cfg = load_config(config, SearchConfig, overrides or [])
+    check_space(cfg, str(config))  # a misspelt or out-of-range key stops here, before Ray starts
     summary = run_tune(cfg)
     typer.echo(json.dumps(summary, indent=2))

@@ -51,6 +51,14 @@ class SearchDim(StrictModel):
             raise ValueError("quniform needs q")
         return self
 
+    def ends(self) -> list[Any]:
+        """The values at the two ends of the domain (every value of a choice): what `check_space` tries."""
+        if self.type == "choice":
+            return list(self.values or [])
+        if self.type == "randint":  # high is excluded
+            return [int(self.low), int(self.high) - 1]
+        return [self.low, self.high]
+
     def domain(self) -> Any:
         from ray import tune
 
@@ -160,6 +168,36 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
     for key, value in _flat_params(params).items():
         _set(data, key, value)
     return data
+
+
+def search_base(cfg: SearchConfig) -> tuple[type, dict[str, Any]]:
+    """The base config's schema and its data with `base_overrides` applied, validated (ConfigError names
+    the base file and the field)."""
+    schema: Any
+    if cfg.kind == "router":
+        from mdkif.routing.config import RouteConfig as schema
+    else:
+        from mdkif.skills.config import SkillsStage as schema
+    base = apply_overrides(load_yaml(cfg.base), cfg.base_overrides, origin=f"{cfg.base}: ")
+    validate(schema, base, str(cfg.base))
+    return schema, base
+
+
+def check_space(cfg: SearchConfig, origin: str = "search space") -> None:
+    """Validate the trial configs the space can produce before any trial runs (before Ray starts).
+
+    Each searched key is set, one at a time, to each end of its domain in the base config and the result is
+    validated against the base's schema, so a misspelt key (`optim.lrr`) or an end the schema refuses
+    (`adapter.r: 0`) stops the search with the search file, the key and the value named, instead of failing
+    every trial inside Ray.
+    """
+    schema, base = search_base(cfg)
+    for key, dim in cfg.space.items():
+        for value in dim.ends():
+            data = trial_config(base, {key: value})
+            if cfg.kind == "adalora" and cfg.adalora is not None:
+                data["skills"] = [cfg.adalora.skill]
+            validate(schema, data, f"{origin}: space key '{key}' = {value!r} in {cfg.base}")
 
 
 def router_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
@@ -276,13 +314,8 @@ def run_tune(cfg: SearchConfig) -> dict[str, Any]:
 def _run_tune(cfg: SearchConfig, callbacks: list[Any]) -> dict[str, Any]:
     from ray import tune
 
-    schema: Any
-    if cfg.kind == "router":
-        from mdkif.routing.config import RouteConfig as schema
-    else:
-        from mdkif.skills.config import SkillsStage as schema
-    base = apply_overrides(load_yaml(cfg.base), cfg.base_overrides, origin=f"{cfg.base}: ")
-    validate(schema, base, str(cfg.base))  # fail before Ray starts
+    check_space(cfg)  # fail before Ray starts: the base and every key of the space
+    _, base = search_base(cfg)
     base["tracking"] = {"enabled": False}  # a trial's own run is the callback's, not a stage run
     if cfg.kind == "router":
         trainable = tune.with_resources(
