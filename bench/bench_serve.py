@@ -1,4 +1,4 @@
-"""Serving benchmark: Ray Serve vs the model in-process, and @serve.batch on vs off, at concurrency 1/8/32.
+"""Serving benchmark: Ray Serve vs the model in-process, and continuous batching on vs off, at concurrency 1/8/32.
 
     python bench/bench_serve.py                      # tiny model, ~6-8 minutes on a 2-core laptop
     python bench/bench_serve.py --model smollm2-135m-instruct --paths proxy   # the default model, ~12 min
@@ -15,7 +15,7 @@ exactly --max-tokens tokens (`ignore_eos`), so all settings do the same work. Se
 - in-process: C threads call the engine directly (no HTTP, no Ray); a lock serialises forwards, so this
   is "no batching, no serving overhead".
 - serve, batch off: HTTP -> proxy -> Ingress -> RoutedModel, one token loop per request.
-- serve, batch on: the same with @serve.batch (max_batch_size 32, 5 ms wait), one loop per batch.
+- serve, batch on: the same with continuous batching (one decode loop per replica, at most 32 rows).
 - serve, no-op app (floor): the same shape with no work (FastAPI ingress -> handle -> echo), C=1.
 - serve, batch on, stacked profile: batching on with `merged_cache_size: 0`, so the profile's skills run
   beside the base per forward (stacked) instead of folded into one merged copy of the weights.
@@ -129,7 +129,7 @@ def figures(d: dict) -> list[Figure]:
             ),
             Figure(
                 "serve",
-                f"{model}: throughput with @serve.batch ({how}), concurrency {hi}",
+                f"{model}: throughput with continuous batching ({how}), concurrency {hi}",
                 on,
                 off,
                 "batching off",
@@ -196,7 +196,7 @@ def main() -> None:
             "torch_threads": 1,
             "api_key_env": None,
             "limits": {"max_tokens": 256, "request_timeout_s": 120},
-            "batching": {"enabled": batching, "max_batch_size": 32, "batch_wait_timeout_s": 0.005},
+            "batching": {"enabled": batching, "max_batch_size": 32},
             "routed_model": {
                 "max_ongoing_requests": 64,
                 "max_queued_requests": -1,
@@ -365,7 +365,8 @@ def run_serve(mode: str, args, levels: list[int], app_args, profile) -> dict[str
             for c in levels:
                 rows.append(load(call, c, args.requests, args.seconds))
                 stats = requests.get(f"{bases[name]}/{name}/v1/stats", timeout=30).json()
-                rows[-1]["batch_sizes_so_far"] = stats["model"]["batch_sizes"]
+                loop = stats["model"].get("decode_loop") or {}
+                rows[-1]["rows_per_step_so_far"] = loop.get("rows_per_step", {})
             out[key] = rows
             print(key, rows, flush=True)
     finally:

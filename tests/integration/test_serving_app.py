@@ -447,7 +447,7 @@ def test_poisoned_rows_batched_with_normal_ones_all_succeed(server):
     assert [r.json()["choices"][0]["text"] for r in out[1:]] == alone
     assert out[0].json()["choices"][0]["text"] == alone[0]  # its greedy limit
     stats = requests.get(f"{server}/v1/stats", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()
-    assert max(int(k) for k in stats["model"]["batch_sizes"]) > 1  # they did share batches
+    assert max(int(k) for k in stats["model"]["decode_loop"]["rows_per_step"]) > 1  # they shared decode steps
 
 
 def test_safe_defaults(server):

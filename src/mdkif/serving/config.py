@@ -55,11 +55,11 @@ class RagServeConfig(StrictModel):
 
 
 class BatchingConfig(StrictModel):
-    """`@serve.batch` settings of the RoutedModel (off = one forward per request, for comparison)."""
+    """Continuous batching in the RoutedModel (`mdkif.serving.batcher`): one decode loop per replica that
+    requests join at the next token step (off: each request alone, for comparison)."""
 
     enabled: bool = True
-    max_batch_size: int = Field(16, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=1.0)
+    max_batch_size: int = Field(16, ge=1, le=256, description="most requests decoding at once per replica")
 
 
 class DeploymentSettings(StrictModel):

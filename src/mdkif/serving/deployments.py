@@ -74,9 +74,10 @@ class RetrieverDeployment:
 # ---- RoutedModel --------------------------------------------------------------------------------------
 @serve.deployment(ray_actor_options={"num_cpus": 1})
 class RoutedModel:
-    """The base model with the skill bank; same-profile requests batched by `@serve.batch`."""
+    """The base model with the skill bank; requests decoded together by one continuous decode loop."""
 
     def __init__(self, cfg: dict[str, Any], retriever: DeploymentHandle | None = None) -> None:
+        from mdkif.serving.batcher import DecodeLoop
         from mdkif.serving.config import ServeAppConfig
         from mdkif.serving.engine import RoutedEngine
 
@@ -85,9 +86,8 @@ class RoutedModel:
         self.retriever = retriever
         b = self.cfg.batching
         self.batching = b.enabled
-        self.generate_batched.set_max_batch_size(b.max_batch_size)
-        self.generate_batched.set_batch_wait_timeout_s(b.batch_wait_timeout_s)
-        self.batch_sizes: dict[int, int] = {}  # how many batches of each size ran (see /healthz)
+        # Continuous batching: requests join the running batch at the next decode step (off: one at a time).
+        self.loop = DecodeLoop(self.engine, b.max_batch_size) if b.enabled else None
 
     async def _prepare(self, req: dict[str, Any]) -> Any:
         """Request dict -> GenRequest: profile, retrieval, chat template, token limits."""
@@ -111,21 +111,24 @@ class RoutedModel:
         keys = ("max_tokens", "temperature", "top_p", "seed", "stop", "ignore_eos")
         return GenRequest(ids, req["profile"], **{k: req[k] for k in keys}, meta=meta)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def generate_batched(self, reqs: list[Any]) -> list[dict[str, Any]]:
-        # The forward runs in a thread so the replica keeps accepting (and batching) requests meanwhile.
-        self.batch_sizes[len(reqs)] = self.batch_sizes.get(len(reqs), 0) + 1
-        return await asyncio.to_thread(self.engine.generate_each, reqs)
-
     async def generate(self, req: dict[str, Any]) -> dict[str, Any]:
         try:
             gen = await self._prepare(req)
         except APIError as exc:
             return {"status": exc.status, **exc.body()}
         try:
-            if self.batching:
-                return await self.generate_batched(gen)
-            return (await asyncio.to_thread(self.engine.generate_each, [gen]))[0]
+            if self.loop is None:
+                return (await asyncio.to_thread(self.engine.generate_each, [gen]))[0]
+            aio = asyncio.get_running_loop()
+            done: asyncio.Future = aio.create_future()
+
+            def notify(row: Any, error: dict[str, Any] | None) -> None:
+                if error is not None or row.finish is not None:
+                    result = error if error is not None else self.engine._result(row)
+                    aio.call_soon_threadsafe(_settle, done, result)
+
+            self.loop.submit(gen, notify)
+            return await done
         except asyncio.CancelledError:
             # The client has gone (Serve cancels the call): its row leaves the token loop at the next step
             # instead of generating to the end for nobody; the rest of its batch goes on.
@@ -135,13 +138,41 @@ class RoutedModel:
 
     async def stream(self, req: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """First yields `{"ok": True}` (or an error) once the request is accepted, then the text chunks."""
+        from mdkif.serving.engine import StreamCutter
+
         try:
             gen = await self._prepare(req)
         except APIError as exc:
             yield {"status": exc.status, **exc.body()}
             return
         yield {"ok": True}
-        steps = self.engine.stream(gen)  # streaming bypasses batching: one request, one token loop
+        if self.loop is None:  # one request, one token loop, in a thread
+            async for chunk in self._stream_alone(gen):
+                yield chunk
+            return
+        aio = asyncio.get_running_loop()
+        chunks: asyncio.Queue = asyncio.Queue()
+        cut = StreamCutter(gen)
+
+        def notify(row: Any, error: dict[str, Any] | None) -> None:
+            chunk = error if error is not None else cut.feed(row, self.engine._result)
+            if chunk is not None:
+                aio.call_soon_threadsafe(chunks.put_nowait, chunk)
+
+        self.loop.submit(gen, notify)
+        try:
+            while True:
+                chunk = await chunks.get()
+                yield chunk
+                if "error" in chunk or chunk.get("finish_reason") is not None:
+                    return
+        except (asyncio.CancelledError, GeneratorExit):
+            gen.cancelled.set()
+            log.info("stream cancelled by its caller (client disconnected)")
+            raise
+
+    async def _stream_alone(self, gen: Any) -> AsyncIterator[dict[str, Any]]:
+        steps = self.engine.stream(gen)
         while True:
             try:
                 chunk = await asyncio.to_thread(next, steps, None)
@@ -166,8 +197,8 @@ class RoutedModel:
         return await asyncio.to_thread(self.engine.route, req["profile"], ids)
 
     def stats(self, _: dict[str, Any] | None = None) -> dict[str, Any]:
-        sizes = dict(sorted(self.batch_sizes.items()))
-        return {**self.engine.stats(), "batching": self.batching, "batch_sizes": sizes}
+        loop = self.loop.stats() if self.loop is not None else None
+        return {**self.engine.stats(), "batching": self.batching, "decode_loop": loop}
 
 
 # ---- Ingress ------------------------------------------------------------------------------------------
@@ -299,6 +330,11 @@ async def _releasing(body: AsyncIterator[Any], release: Any) -> AsyncIterator[An
 
 
 STATS_WAIT_S = 2.0  # how long /v1/stats waits for the model replica's counters
+
+
+def _settle(future: asyncio.Future, result: Any) -> None:
+    if not future.done():  # a cancelled caller's future stays cancelled
+        future.set_result(result)
 
 
 def _value(enum_or_str: Any) -> str:

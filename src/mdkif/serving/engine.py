@@ -88,6 +88,29 @@ class _Row:
     finish: str | None = None
 
 
+class StreamCutter:
+    """What a stream may send after each step of one row: the new text, less what could still become a stop
+    sequence (or half a multi-byte character), which waits until the next step decides; the last chunk
+    also carries the result (usage, finish reason). A client never sees a stop string it asked to cut."""
+
+    def __init__(self, req: GenRequest) -> None:
+        self.hold = max((len(s) for s in req.stop), default=1) - 1
+        self.sent = 0
+
+    def feed(self, row: _Row, result: Any) -> dict[str, Any] | None:
+        done = row.finish is not None
+        safe = len(row.text) if done else len(row.text) - self.hold
+        while not done and safe > self.sent and row.text[safe - 1] == "\ufffd":
+            safe -= 1
+        if not (safe > self.sent or done):
+            return None
+        chunk: dict[str, Any] = {"delta": row.text[self.sent : safe], "finish_reason": row.finish}
+        self.sent = max(self.sent, safe)
+        if done:
+            chunk.update(result(row))
+        return chunk
+
+
 def weights_key(weights: torch.Tensor, num_layers: int) -> str | None:
     """The merged-cache key of a mixture: a digest of its values as [L, K] float32; None when all zero.
 
@@ -421,10 +444,13 @@ class RoutedEngine:
         }
 
     # ---- generation -----------------------------------------------------------------------------
-    def _plan(self, reqs: list[GenRequest]) -> tuple[str, Any]:
+    def _plan(
+        self, reqs: list[GenRequest], weights: list[torch.Tensor | None] | None = None
+    ) -> tuple[str, Any]:
         """('merged', (key, weights)) when the batch shares one fixed mixture the merged cache can hold,
         ('arrow', (weights, rows, top_k, temperature)) when some row is Arrow-routed, else
-        ('stacked', [B, L, K] weights)."""
+        ('stacked', [B, L, K] weights). `weights`: each request's own, when already known (the decode loop
+        computes a gate's once per request, not once per step)."""
         profs = [self.profiles[r.profile] for r in reqs]
         if self.fused is None or all(p.weights is None and p.gate is None and p.arrow is None for p in profs):
             return "merged", (None, None)
@@ -436,8 +462,8 @@ class RoutedEngine:
                 return "merged", (profs[0].key, profs[0].weights)
         L, K = self.fused.num_layers, self.fused.num_skills
         rows = []
-        for r in reqs:
-            w = self.weights_for(r)
+        for i, r in enumerate(reqs):
+            w = self.weights_for(r) if weights is None else weights[i]
             w = torch.zeros(L, K) if w is None else w.float()
             rows.append(w.expand(L, K) if w.dim() == 1 else w)
         weights = torch.stack(rows).to(self.device)
@@ -594,18 +620,10 @@ class RoutedEngine:
         Text that could still become a stop sequence (or half a multi-byte character) is held back until
         the next step decides, so a client never sees a stop string it asked to cut.
         """
-        hold = max((len(s) for s in req.stop), default=1) - 1
-        sent = 0
+        cut = StreamCutter(req)
         for (row,) in self.steps([req]):
-            done = row.finish is not None
-            safe = len(row.text) if done else len(row.text) - hold
-            while not done and safe > sent and row.text[safe - 1] == "\ufffd":
-                safe -= 1
-            if safe > sent or done:
-                chunk: dict[str, Any] = {"delta": row.text[sent:safe], "finish_reason": row.finish}
-                sent = max(sent, safe)
-                if done:
-                    chunk.update(self._result(row))
+            chunk = cut.feed(row, self._result)
+            if chunk is not None:
                 yield chunk
 
     def _result(self, row: _Row) -> dict[str, Any]:
