@@ -8,11 +8,13 @@ bounds a worker's memory to one model.
 
 from __future__ import annotations
 
+import gc
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mdkif.allocator import release_freed_memory
 from mdkif.data.records import MCQRecord
 from mdkif.data.tasks import TaskRecord
 from mdkif.evaluation.config import RetrieverConfig, VariantConfig
@@ -142,6 +144,8 @@ class ShardWorker:
         key = variant.model_key()
         if key != self._model_key:
             self._model = self._tokenizer = None  # free the old model before loading the next one
+            gc.collect()
+            release_freed_memory()
             self._model, self._tokenizer = load_variant_model(variant)
             self._model_key = key
             self.model_loads += 1

@@ -20,6 +20,7 @@ are reduced and applied (one process, DDP, DeepSpeed ZeRO) is the backend's busi
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import logging
 import sys
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch
 
+from mdkif.allocator import release_freed_memory
 from mdkif.config import validate
 from mdkif.io import write_json_atomic
 from mdkif.skills.adapters import (
@@ -193,18 +195,28 @@ def run_job(
         return done
     with zero3_loading(job, ctx.device, ctx.world if data_parallel else 1):
         run = AdapterRun(job, ctx, data_parallel)
-        run.restore_or_start()
-        while run.step < run.steps and not run.stopped:
-            record = run.train_step()
-            run.validate_for_early_stopping(record)
-            if run.step % job.checkpoint_every == 0 or run.step == run.steps:
-                run.save_checkpoint()
-            t0 = time.perf_counter()
-            ctx.send(record)  # in Ray Train: a barrier across workers, then the result queue
-            run.report_s += time.perf_counter() - t0
-            for callback in callbacks:
-                callback(job, ctx.rank, run.step)
-        return run.finish()
+        try:
+            return _train(run, job, ctx, callbacks)
+        finally:
+            run.close()
+
+
+def _train(
+    run: AdapterRun, job: TrainJob, ctx: WorkerContext, callbacks: Sequence[StepCallback]
+) -> dict[str, Any]:
+    """Restore or start, step to the end (or the early stop), checkpointing and reporting; then finish."""
+    run.restore_or_start()
+    while run.step < run.steps and not run.stopped:
+        record = run.train_step()
+        run.validate_for_early_stopping(record)
+        if run.step % job.checkpoint_every == 0 or run.step == run.steps:
+            run.save_checkpoint()
+        t0 = time.perf_counter()
+        ctx.send(record)  # in Ray Train: a barrier across workers, then the result queue
+        run.report_s += time.perf_counter() - t0
+        for callback in callbacks:
+            callback(job, ctx.rank, run.step)
+    return run.finish()
 
 
 def label_probe(job: TrainJob, tokenizer: Any) -> LabelProbe | None:
@@ -408,6 +420,7 @@ class AdapterRun:
         record.update(val_loss=seen["val_loss"], label_accuracy=seen["label_accuracy"])
         self.history[-1].update(val_loss=seen["val_loss"], label_accuracy=seen["label_accuracy"])
         self._remember(seen)
+        release_freed_memory()  # the step buffers of 25 steps of varying lengths: hand the free ones back
         # validations since the best one (which carries best=True; the start, step 0, counts as one)
         misses = next(
             (i for i, v in enumerate(reversed(self.validations)) if v.get("best")), len(self.validations)
@@ -482,6 +495,12 @@ class AdapterRun:
             write_json_atomic(job.out_dir / METRICS, summary)
         self._barrier()
         return summary
+
+    def close(self) -> None:
+        """Drop the model and give its memory back (a shared worker trains the next skill in this process)."""
+        self.peft_model = self.backend = self.best_weights = None
+        gc.collect()
+        release_freed_memory()
 
     def _early_stopping_summary(self) -> dict[str, Any] | None:
         es = self.job.optim.early_stopping
