@@ -149,7 +149,19 @@ def test_finished_job_is_skipped(tmp_path):
     seen = []
     train_loop_per_worker({"job": job.model_copy(update={"total_steps": 2}), "report": seen.append})
     assert (tmp_path / "qa" / "metrics.json").stat().st_mtime_ns == before
-    assert all(m.get("skipped") for m in seen) and len(seen) == 2
+    assert seen == []  # no reports for work not done (a shared trainer pads at the end instead)
+
+
+def test_a_shared_worker_reports_only_real_steps_before_its_padding(tmp_path):
+    """A finished skill sends nothing and a resumed one only its remaining steps, then idle padding: a
+    report is a barrier, and placeholder reports would hold this worker back while the other one trains."""
+    done = make_job(tmp_path, "qa", max_steps=2)
+    train_loop_per_worker({"job": done})
+    todo = make_job(tmp_path, "nli", max_steps=3)
+    seen = []
+    train_loop_per_worker({"jobs_by_rank": [[done, todo]], "report_slots": 5, "report": seen.append})
+    assert [m.get("skill") for m in seen[:3]] == ["nli"] * 3 and not any(m.get("skipped") for m in seen)
+    assert len(seen) == 5 and all(m.get("idle") for m in seen[3:])
 
 
 def test_shared_worker_pads_its_reports(tmp_path):

@@ -145,7 +145,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Run this worker's share of `config`: `{"job": ...}` data-parallel, or `{"jobs_by_rank": [[...], ...]}`.
 
     In the shared mode every worker reports `config["report_slots"]` times in all (padding when its own
-    skills are done), because `ray.train.report` is a barrier that every worker must reach equally often.
+    skills are done, stopped early, finished before or resumed), because `ray.train.report` is a barrier
+    that every worker must reach equally often; only real steps report before the padding, so no worker
+    waits in the middle of its skills for reports standing for work it does not do.
     `config["callbacks"]` (optional) are `StepCallback`s. Returns one summary per job run here.
     """
     if "job" in config:
@@ -189,9 +191,10 @@ def run_job(
     job = as_job(job)
     done = finished(job)
     if done is not None:
+        # No reports for it: in the shared trainer a report is a barrier, so reports standing for work
+        # not done would hold this worker back step by step while the other one trains; the padding at
+        # the end of `train_loop_per_worker` evens the counts instead.
         log.info("%s: already finished, skipping", job.name)
-        for _ in range(job.total_steps or 0):
-            ctx.send({"skill": job.name, "skipped": True})
         return done
     with zero3_loading(job, ctx.device, ctx.world if data_parallel else 1):
         run = AdapterRun(job, ctx, data_parallel)
@@ -312,9 +315,6 @@ class AdapterRun:
         if self.is_adalora:
             restore_allocator(self.peft_model, state["adalora"])
         log.info("%s: resumed from step %d", self.job.name, self.step)
-        if self.world == 1:  # keep the shared trainer's report barriers aligned
-            for _ in range(self.step):
-                self.ctx.send({"skill": self.job.name, "skipped": True})
 
     # --- step ---------------------------------------------------------------------------------------------
 
