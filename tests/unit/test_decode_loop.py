@@ -11,7 +11,7 @@ import pytest
 from mdkif.serving.batcher import DecodeLoop
 from mdkif.serving.config import check_artifacts, load_app_config
 from mdkif.serving.engine import GenRequest, RoutedEngine, StreamCutter
-from mdkif.testing.serving import build_tiny_artifacts
+from mdkif.testing.serving import build_tiny_artifacts, tiny_profiles
 
 PROMPTS = [
     "Patient with fever.",
@@ -31,13 +31,7 @@ def engine(tmp_path_factory):
             "model": {"name": "tiny"},
             "adapters_dir": str(art["adapters"]),
             "merged_cache_size": 2,
-            "profiles": {
-                "yes": {"weights": {"triage_yes": 1.0}},
-                "no": {"weights": {"triage_no": 1.0}},
-                "static": {"router": str(art["router_static"])},
-                "gate": {"router": str(art["router_gate"])},
-                "arrow": {"router": str(art["router_arrow"])},
-            },
+            "profiles": tiny_profiles(art),
         }
     )
     yield RoutedEngine(check_artifacts(cfg))

@@ -9,7 +9,7 @@ from mdkif.rag.types import Passage
 from mdkif.serving.config import check_artifacts, load_app_config
 from mdkif.serving.engine import GenRequest, RoutedEngine, _Row
 from mdkif.serving.protocol import APIError
-from mdkif.testing.serving import build_tiny_artifacts
+from mdkif.testing.serving import build_tiny_artifacts, tiny_profiles
 
 PROMPTS = [
     "Patient with fever.",
@@ -28,13 +28,7 @@ def engine(tmp_path_factory, monkeypatch_module):
             "adapters_dir": str(art["adapters"]),
             "merged_cache_size": 2,
             "limits": {"max_prompt_tokens": 64},
-            "profiles": {
-                "yes": {"weights": {"triage_yes": 1.0}},
-                "no": {"weights": {"triage_no": 1.0}},
-                "static": {"router": str(art["router_static"])},
-                "gate": {"router": str(art["router_gate"])},
-                "arrow": {"router": str(art["router_arrow"])},
-            },
+            "profiles": tiny_profiles(art),
         }
     )
     return RoutedEngine(check_artifacts(cfg))

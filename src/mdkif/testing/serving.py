@@ -55,6 +55,18 @@ def build_tiny_artifacts(root: str | Path, rag: bool = False, rag_chunks: int = 
     return paths
 
 
+def tiny_profiles(art: dict[str, Path]) -> dict[str, dict]:
+    """One profile of each kind over `build_tiny_artifacts`' skills: two fixed mixtures (one skill each), the
+    static router, the gate and Arrow."""
+    return {
+        "yes": {"weights": {"triage_yes": 1.0}},
+        "no": {"weights": {"triage_no": 1.0}},
+        "static": {"router": str(art["router_static"])},
+        "gate": {"router": str(art["router_gate"])},
+        "arrow": {"router": str(art["router_arrow"])},
+    }
+
+
 def build_tiny_index(persist_dir: Path, max_chunks: int = 24) -> Path:
     """A small Chroma index of the packaged demo corpus, embedded in this process (no Ray)."""
     from mdkif.rag.config import RagIndexConfig
