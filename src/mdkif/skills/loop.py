@@ -81,8 +81,14 @@ class WorkerContext:
         self.report(metrics)
 
 
-def ray_context() -> WorkerContext | None:
-    """The Ray Train worker context, or None outside a Train worker (ray need not even be imported)."""
+def ray_context(shared: bool = False) -> WorkerContext | None:
+    """The Ray Train worker context, or None outside a Train worker (ray need not even be imported).
+
+    `shared`: the workers train different skills, so a step only prints its progress line. `ray.train.report`
+    is a barrier across the workers (Train v2), which would run them in lock-step: the worker on the faster
+    skill waited at every step for the other (measured: the NER worker idle ~65% of the time beside
+    relation extraction's longer sequences). Data-parallel workers of one job report every step.
+    """
     if "ray" not in sys.modules:
         return None
     import ray.train
@@ -95,7 +101,8 @@ def ray_context() -> WorkerContext | None:
     from ray.train.torch import get_device
 
     _quiet_ray_report_log()
-    return WorkerContext(rank, world, get_device(), _report_with_progress, in_ray=True)
+    report = _print_progress if shared else _report_with_progress
+    return WorkerContext(rank, world, get_device(), report, in_ray=True)
 
 
 def _quiet_ray_report_log() -> None:
@@ -113,6 +120,12 @@ def _report_with_progress(metrics: dict[str, Any]) -> None:
     """`ray.train.report`, plus one short progress line per training step (Ray forwards it to the driver)."""
     import ray.train
 
+    _print_progress(metrics)
+    ray.train.report(metrics)
+
+
+def _print_progress(metrics: dict[str, Any]) -> None:
+    """One short progress line per training step on the worker's stdout (Ray forwards it to the driver)."""
     if metrics.get("skill") and "loss" in metrics and "total_steps" in metrics:
         # Straight to the process's stdout: Ray Train patches `print` into its logger and, when stdout is
         # wrapped, tees it as well, which printed every line twice.
@@ -123,7 +136,6 @@ def _report_with_progress(metrics: dict[str, Any]) -> None:
                 f"loss {metrics['loss']:.3f}  {metrics.get('step_seconds', 0.0):.1f} s/step\n"
             )
             out.flush()
-    ray.train.report(metrics)
 
 
 def as_job(job: TrainJob | Mapping[str, Any]) -> TrainJob:
@@ -144,28 +156,23 @@ def _local_device(jobs: Sequence[TrainJob]) -> torch.device:
 def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Run this worker's share of `config`: `{"job": ...}` data-parallel, or `{"jobs_by_rank": [[...], ...]}`.
 
-    In the shared mode every worker reports `config["report_slots"]` times in all (padding when its own
-    skills are done, stopped early, finished before or resumed), because `ray.train.report` is a barrier
-    that every worker must reach equally often; only real steps report before the padding, so no worker
-    waits in the middle of its skills for reports standing for work it does not do.
-    `config["callbacks"]` (optional) are `StepCallback`s. Returns one summary per job run here.
+    In the shared mode the workers never wait for each other (no `ray.train.report`: see `ray_context`);
+    each trains its own skills to the end. `config["callbacks"]` (optional) are `StepCallback`s. Returns one
+    summary per job run here.
     """
     if "job" in config:
         ranks = [[as_job(config["job"])]]
     else:
         ranks = [[as_job(j) for j in rank] for rank in config["jobs_by_rank"]]
     callbacks = tuple(config.get("callbacks") or ())
-    ctx = ray_context() or WorkerContext(
+    ctx = ray_context(shared="job" not in config) or WorkerContext(
         device=_local_device([j for rank in ranks for j in rank]),
         report=config.get("report") or (lambda m: None),
     )
     if "job" in config:
         return [run_job(ranks[0][0], ctx, data_parallel=ctx.world > 1, callbacks=callbacks)]
     jobs = ranks[ctx.rank] if ctx.rank < len(ranks) else []
-    results = [run_job(job, ctx, data_parallel=False, callbacks=callbacks) for job in jobs]
-    while ctx.reports < config.get("report_slots", 0):
-        ctx.send({"skill": None, "idle": True})
-    return results
+    return [run_job(job, ctx, data_parallel=False, callbacks=callbacks) for job in jobs]
 
 
 def finished(job: TrainJob) -> dict[str, Any] | None:
@@ -191,9 +198,6 @@ def run_job(
     job = as_job(job)
     done = finished(job)
     if done is not None:
-        # No reports for it: in the shared trainer a report is a barrier, so reports standing for work
-        # not done would hold this worker back step by step while the other one trains; the padding at
-        # the end of `train_loop_per_worker` evens the counts instead.
         log.info("%s: already finished, skipping", job.name)
         return done
     with zero3_loading(job, ctx.device, ctx.world if data_parallel else 1):

@@ -226,10 +226,9 @@ def _train_skills(cfg: SkillsStage, callbacks: Sequence[StepCallback] = ()) -> d
         shared = [j for j in todo if j.workers == 1]
         if shared:
             bins = assign(shared, cfg.ray.num_workers if cfg.ray.enabled else 1)
-            slots = max(sum(j.total_steps or 0 for j in b) for b in bins)
             plans.append(
                 (
-                    {"jobs_by_rank": bins, "report_slots": slots, "callbacks": hooks},
+                    {"jobs_by_rank": bins, "callbacks": hooks},
                     len(bins),
                     "skills-shared",
                 )
