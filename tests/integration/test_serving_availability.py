@@ -149,6 +149,16 @@ def test_slow_bodies_do_not_stall_other_requests_or_health(server):
     assert all(b"408" in s for s in statuses), statuses  # each slow body is cut off after body_timeout_s
 
 
+def _wait_in_flight(port: int, at_least: int, within_s: float = 30.0) -> int:
+    """Poll the ingress until `at_least` requests are in flight (threads start late on a busy machine)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        n = requests.get(_url(port, "/v1/stats"), timeout=30).json()["ingress"]["in_flight"]
+        if n >= at_least or time.monotonic() > deadline:
+            return n
+        time.sleep(0.1)
+
+
 def _stream(port: int, client: str, tokens: int, out: list) -> None:
     body = {**CHAT, "max_tokens": tokens, "stream": True, "ignore_eos": True}
     headers = {"x-test-client": client}
@@ -166,8 +176,7 @@ def test_health_and_models_answer_fast_while_more_streams_run_than_the_model_tak
     streams = [threading.Thread(target=_stream, args=(port, f"s{i}", 900, codes)) for i in range(8)]
     for t in streams:
         t.start()
-    time.sleep(1.0)
-    assert requests.get(_url(port, "/v1/stats"), timeout=30).json()["ingress"]["in_flight"] == 8
+    assert _wait_in_flight(port, 8) == 8
     for _ in range(3):
         h, h_s = _timed(requests.get, _url(port, "/healthz"), timeout=30)
         m, m_s = _timed(requests.get, _url(port, "/v1/models"), timeout=30)
@@ -185,8 +194,7 @@ def test_one_client_cannot_take_every_slot(server):
     mine = [threading.Thread(target=_stream, args=(port, "greedy", 900, codes)) for _ in range(3)]
     for t in mine:
         t.start()
-    time.sleep(0.7)
-    assert requests.get(_url(port, "/v1/stats"), timeout=30).json()["ingress"]["in_flight"] >= 3
+    assert _wait_in_flight(port, 3) >= 3
     refused = _chat(port, "greedy")
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
     assert refused.json()["error"]["type"] == "rate_limit_error"
@@ -249,8 +257,7 @@ def test_an_abandoned_request_stops_generating(server):
     ).encode()
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     s.sendall(head + body)
-    time.sleep(0.3)
-    assert requests.get(_url(port, "/v1/stats"), timeout=30).json()["ingress"]["in_flight"] == 1  # generating
+    assert _wait_in_flight(port, 1) == 1  # generating
     s.close()
     deadline = time.monotonic() + 20
     while cancelled() in (before, -1) and time.monotonic() < deadline:
