@@ -51,3 +51,26 @@ def test_bad_rows_are_named() -> None:
         _cfg(rows=["base", "routed_cmaes_k7"])
     with pytest.raises(ValidationError, match="must include 'base'"):
         _cfg(rows=["uniform"])
+
+
+def test_a_router_saved_before_an_interruption_is_reused_only_for_its_own_method_and_k(tmp_path) -> None:
+    import json
+
+    from mdkif.experiments.reference import _saved_fit
+
+    folder = tmp_path / "cmaes-k5"
+    assert _saved_fit(folder, "cmaes", 5) is None  # nothing saved yet
+    folder.mkdir()
+    fit = {"method": "cmaes", "k": 5, "fit_loss": 0.14, "evaluations": 120, "seconds": 132.0}
+    (folder / "router.json").write_text(json.dumps({"kind": "static", "fit": fit}))
+    assert _saved_fit(folder, "cmaes", 5) == fit
+    assert _saved_fit(folder, "cmaes", 20) is None and _saved_fit(folder, "gradient", 5) is None
+    (folder / "router.json").write_text('{"kind": "sta')  # a torn write is fitted again, not trusted
+    assert _saved_fit(folder, "cmaes", 5) is None
+
+
+def test_best_single_skill_items_default_to_the_largest_cmaes_k() -> None:
+    assert _cfg(routers={"cmaes_ks": [5, 20]}).routers.best_single_k is None
+    assert _cfg(routers={"cmaes_ks": [5], "best_single_k": 20}).routers.best_single_k == 20
+    with pytest.raises(ValidationError, match="best_single_k"):
+        _cfg(routers={"best_single_k": 0})

@@ -56,6 +56,9 @@ class RouterPlan(StrictModel):
     gradient_lr: float = Field(0.1, gt=0)
     batch_size: int = Field(8, ge=1)
     cmaes_ks: list[int] = Field([5, 20], min_length=1)
+    best_single_k: int | None = Field(
+        None, ge=1, description="train items the best single skill is chosen on (default: max of cmaes_ks)"
+    )
     cmaes_max_evals: int = Field(30, ge=2)
     cmaes_popsize: int | None = Field(None, ge=2, description="default: cma's 4 + 3 ln(skills)")
     cmaes_sigma0: float = Field(0.3, gt=0)
@@ -244,7 +247,9 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
 
     The train split is shuffled once (seed); CMA-ES with k items takes its first k, the gradient router
     its first `k_gradient`, and the best single skill is the one with the lowest task loss on the first
-    max(cmaes_ks) items (the few-shot routers' data). Finished fits (their `fit.json`) are reused.
+    `best_single_k` items (default max(cmaes_ks): the few-shot routers' data). Finished tasks (their
+    `fit.json`) are reused, and so is each router already saved within an unfinished task, so an
+    interrupted stage loses at most the fit it was in.
     """
     import torch
 
@@ -269,7 +274,8 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
     for t in todo:
         t0 = time.perf_counter()
         pool = router_pool(cfg, t.name)
-        need = max(r.k_gradient, *r.cmaes_ks)
+        single_k = r.best_single_k or max(r.cmaes_ks)
+        need = max(r.k_gradient, single_k, *r.cmaes_ks)
         if len(pool) < need:
             raise ValueError(f"task {t.name}: {len(pool)} train items, the routers need {need}")
         eos = end_token(tok, fmt)
@@ -287,7 +293,7 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
             "loss": "label" if label_loss else "answer",
             "routers": {},
         }
-        few = batch_of(pool[: max(r.cmaes_ks)])
+        few = batch_of(pool[:single_k])
         single = [task_loss(fused, torch.eye(K)[i], few) for i in range(K)]
         best = min(range(K), key=single.__getitem__)
         fit.update(
@@ -302,13 +308,20 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
             flush=True,
         )
         for method, k in methods:
+            key = "gradient" if method == "gradient" else f"cmaes-k{k}"
+            saved = _saved_fit(cfg.routers_dir(t.name) / key, method, k)
+            if saved is not None:
+                fit["routers"][key] = saved
+                print(
+                    f"[reference] {t.name} {key}: reused the saved router ({saved['seconds']} s)", flush=True
+                )
+                continue
             t1 = time.perf_counter()
             batch = batch_of(pool[:k])
             route_cfg = grad_cfg if method == "gradient" else _route_cfg(cfg, adapters, method)
             router, res = fit_router(route_cfg, fused, batch, seed=cfg.seed)
             with torch.no_grad():
                 w = router().reshape(-1, K).mean(0)
-            key = "gradient" if method == "gradient" else f"cmaes-k{k}"
             info = {
                 "method": method,
                 "k": k,
@@ -332,6 +345,20 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
         fits[t.name] = fit
     del fused
     return fits
+
+
+def _saved_fit(folder: Path, method: str, k: int) -> dict[str, Any] | None:
+    """The fit record a router saved by an interrupted stage carries, when it is this method and k."""
+    path = folder / "router.json"
+    if not path.is_file():
+        return None
+    try:
+        fit = json.loads(path.read_text()).get("fit")
+    except (OSError, json.JSONDecodeError):
+        return None  # a torn write: fit it again
+    if not isinstance(fit, dict) or fit.get("method") != method or fit.get("k") != k:
+        return None
+    return fit
 
 
 # The skill-format folder a task's items are written under for its LoRA (a container name only: the LoRA
