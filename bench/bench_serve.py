@@ -180,6 +180,7 @@ def main() -> None:
 
     from mdkif.serving.config import ServeAppConfig, check_artifacts
     from mdkif.serving.engine import GenRequest, RoutedEngine
+    from mdkif.serving.protocol import SamplingParams
     from mdkif.testing.serving import SKILLS, build_tiny_artifacts
     from mdkif.testing.synthetic import make_synthetic_skills
 
@@ -230,7 +231,9 @@ def main() -> None:
     ids = engine.render(prompt=PROMPT)
 
     def in_process() -> bool:
-        out = engine.generate_batch([GenRequest(ids, profile, max_tokens=args.max_tokens, ignore_eos=True)])
+        out = engine.generate_batch(
+            [GenRequest(ids, profile, SamplingParams(max_tokens=args.max_tokens, ignore_eos=True))]
+        )
         return out[0]["completion_tokens"] == args.max_tokens
 
     in_process()  # warm-up (builds the merged weights once)

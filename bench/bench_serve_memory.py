@@ -156,6 +156,7 @@ def run_variant(name: str, args: dict[str, Any], threads: int) -> dict[str, Any]
     """Serve every profile round robin twice under one cache variant; memory, builds and timings."""
     from mdkif.serving.config import check_artifacts, load_app_config
     from mdkif.serving.engine import GenRequest, RoutedEngine
+    from mdkif.serving.protocol import SamplingParams
 
     torch.set_num_threads(threads)
     cfg = check_artifacts(load_app_config({**args, **VARIANTS[name]}))
@@ -169,7 +170,9 @@ def run_variant(name: str, args: dict[str, Any], threads: int) -> dict[str, Any]
                 p.key = p.name
     cache = engine.cache
     ids = engine.render(prompt=PROMPT)
-    engine.generate_batch([GenRequest(ids, None, max_tokens=1, ignore_eos=True)])  # warm, base weights
+    engine.generate_batch(
+        [GenRequest(ids, None, SamplingParams(max_tokens=1, ignore_eos=True))]
+    )  # warm, base weights
     rss0 = rss_bytes()
     n_layers = len(cache.original)
     original = {t.data_ptr() for t in cache.original.values()}
@@ -193,15 +196,15 @@ def run_variant(name: str, args: dict[str, Any], threads: int) -> dict[str, Any]
     cache._build = spy
     for _ in range(2):
         for profile in names:
-            engine.generate_batch([GenRequest(ids, profile, max_tokens=1, ignore_eos=True)])
+            engine.generate_batch([GenRequest(ids, profile, SamplingParams(max_tokens=1, ignore_eos=True))])
             seen["peak_rss"] = max(seen["peak_rss"], rss_bytes())
     last = names[-1]
     plan = engine._plan([GenRequest(ids, last)])[0]
-    engine.generate_batch([GenRequest(ids, last, max_tokens=2, ignore_eos=True)])
+    engine.generate_batch([GenRequest(ids, last, SamplingParams(max_tokens=2, ignore_eos=True))])
     times = []
     for _ in range(3):  # the best of three: this machine is shared, the slower runs measure the neighbours
         t0 = time.perf_counter()
-        engine.generate_batch([GenRequest(ids, last, max_tokens=17, ignore_eos=True)])
+        engine.generate_batch([GenRequest(ids, last, SamplingParams(max_tokens=17, ignore_eos=True))])
         times.append((time.perf_counter() - t0) / 17)
     decode = min(times)
     return {

@@ -11,6 +11,8 @@ import pytest
 from mdkif.serving.batcher import DecodeLoop
 from mdkif.serving.config import check_artifacts, load_app_config
 from mdkif.serving.engine import GenRequest, RoutedEngine, StreamCutter
+from mdkif.serving.protocol import SamplingParams
+from mdkif.serving.sampling import result
 from mdkif.testing.serving import build_tiny_artifacts, tiny_profiles
 
 PROMPTS = [
@@ -48,7 +50,9 @@ def loop(engine):
 def _req(engine, text, profile, **kw):
     kw.setdefault("max_tokens", 12)
     kw.setdefault("ignore_eos", True)
-    return GenRequest(engine.render(messages=[{"role": "user", "content": text}]), profile, **kw)
+    return GenRequest(
+        engine.render(messages=[{"role": "user", "content": text}]), profile, SamplingParams(**kw)
+    )
 
 
 class Waiter:
@@ -63,11 +67,11 @@ class Waiter:
             self.error = error
             self.done.set()
             return
-        chunk = self.cut.feed(row, self.engine._result)
+        chunk = self.cut.feed(row)
         if chunk is not None:
             self.chunks.append(chunk)
         if row.finish is not None:
-            self.result = self.engine._result(row)
+            self.result = result(row)
             self.done.set()
 
     def wait(self):
@@ -135,9 +139,9 @@ def test_a_failing_request_fails_alone_and_the_loop_goes_on(engine, loop):
     vocab = engine.model.config.vocab_size
     normal = [_req(engine, p, "yes") for p in PROMPTS]
     alone = [engine.generate_batch([_req(engine, p, "yes")])[0]["text"] for p in PROMPTS]
-    poisoned = GenRequest([1, vocab + 5, 2], "yes", max_tokens=4)  # past the embedding table
+    poisoned = GenRequest([1, vocab + 5, 2], "yes", SamplingParams(max_tokens=4))  # past the embedding table
     out = _run(loop, engine, [normal[0], poisoned, normal[1], normal[2]])
-    assert out[1].error["status"] == 500 and "IndexError" in out[1].error["error"]["message"]
+    assert out[1].error.status == 500 and "IndexError" in out[1].error.error["message"]
     assert [w.result["text"] for w in (out[0], out[2], out[3])] == alone
     assert loop.stats()["failed_rows"] >= 1
     assert _run(loop, engine, [_req(engine, PROMPTS[0], "yes")])[0].result["text"] == alone[0]

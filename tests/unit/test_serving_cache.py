@@ -12,6 +12,7 @@ from torch import nn
 
 from mdkif.serving.config import check_artifacts, load_app_config
 from mdkif.serving.engine import GenRequest, MergedCache, RoutedEngine, weights_key
+from mdkif.serving.protocol import SamplingParams
 from mdkif.testing.serving import build_tiny_artifacts
 
 PROMPT = "Answer yes or no: crushing chest pain"
@@ -37,7 +38,7 @@ def _engine(art, profiles=None, **args) -> RoutedEngine:
 
 def _serve(engine: RoutedEngine, profile: str | None, max_tokens: int = 2) -> str:
     ids = engine.render(prompt=PROMPT)
-    req = GenRequest(ids, profile, max_tokens=max_tokens, ignore_eos=True)
+    req = GenRequest(ids, profile, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
     return engine.generate_batch([req])[0]["text"]
 
 
@@ -178,7 +179,7 @@ def test_a_quantized_base_is_never_merged(art):
     assert engine.cache.capacity == 0
     ids = engine.render(prompt=PROMPT)
     assert engine._plan([GenRequest(ids, "yes")])[0] == "stacked"
-    served = engine.generate_batch([GenRequest(ids, "yes", max_tokens=3, ignore_eos=True)])[0]
+    served = engine.generate_batch([GenRequest(ids, "yes", SamplingParams(max_tokens=3, ignore_eos=True))])[0]
     assert served["completion_tokens"] == 3 and served["finish_reason"] == "length"
     assert engine.fused.layers[first].base.weight.dtype == torch.int8
 

@@ -7,8 +7,9 @@ import torch
 
 from mdkif.rag.types import Passage
 from mdkif.serving.config import check_artifacts, load_app_config
-from mdkif.serving.engine import GenRequest, RoutedEngine, _Row
-from mdkif.serving.protocol import APIError
+from mdkif.serving.engine import GenRequest, RoutedEngine
+from mdkif.serving.protocol import APIError, Failure, SamplingParams
+from mdkif.serving.sampling import Row
 from mdkif.testing.serving import build_tiny_artifacts, tiny_profiles
 
 PROMPTS = [
@@ -49,7 +50,7 @@ def _ids(engine, text):
 def _req(engine, text, profile, **kw):
     kw.setdefault("max_tokens", 10)
     kw.setdefault("ignore_eos", True)
-    return GenRequest(_ids(engine, text), profile, **kw)
+    return GenRequest(_ids(engine, text), profile, SamplingParams(**kw))
 
 
 @pytest.mark.parametrize("profile", [None, "yes", "static", "gate", "arrow"])
@@ -146,13 +147,15 @@ def test_a_failing_request_fails_alone_in_its_batch(engine):
     normal = [_req(engine, p, "yes") for p in PROMPTS]
     alone = [engine.generate_batch([r])[0]["text"] for r in normal]
     vocab = engine.model.config.vocab_size
-    poisoned = GenRequest([1, vocab + 5, 2], "yes", max_tokens=4)  # a token id past the embedding table
+    poisoned = GenRequest(
+        [1, vocab + 5, 2], "yes", SamplingParams(max_tokens=4)
+    )  # a token id past the embedding table
     with pytest.raises(IndexError):
         engine.generate_batch([normal[0], poisoned])
     out = engine.generate_each([normal[0], poisoned, normal[1], normal[2]])
     assert [o.get("text") for o in (out[0], out[2], out[3])] == alone
-    assert out[1]["status"] == 500 and out[1]["error"]["code"] == "internal_error"
-    assert "IndexError" in out[1]["error"]["message"]
+    assert isinstance(out[1], Failure) and out[1].status == 500 and out[1].error["code"] == "internal_error"
+    assert "IndexError" in out[1].error["message"]
 
 
 def test_a_character_cut_by_max_tokens_is_not_a_replacement_character(engine):
@@ -160,9 +163,9 @@ def test_a_character_cut_by_max_tokens_is_not_a_replacement_character(engine):
     ids = engine.tokenizer("日本の医療", add_special_tokens=False)["input_ids"]
     cuts = [n for n in range(1, len(ids)) if engine.tokenizer.decode(ids[:n]).endswith("\ufffd")]
     assert cuts, "the tokenizer split no character over tokens"
-    row = _Row(GenRequest([1], None, max_tokens=cuts[0], ignore_eos=True), None)
+    row = Row(GenRequest([1], None, SamplingParams(max_tokens=cuts[0], ignore_eos=True)), None)
     for token in ids[: cuts[0]]:
-        engine._advance(row, token)
+        engine.advance(row, token)
     assert row.finish == "length" and not row.text.endswith("\ufffd")
     assert row.text == engine.tokenizer.decode(ids[: cuts[0]]).rstrip("\ufffd")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 
@@ -11,13 +12,15 @@ from mdkif.serving.protocol import (
     APIError,
     ChatRequest,
     CompletionRequest,
+    Failure,
     LimitsConfig,
+    ModelCall,
     ModelNames,
     RouteRequest,
+    SamplingParams,
     chat_response,
     check_api_key,
     check_limits,
-    generation_params,
     parse_body,
     sse,
     stream_chunk,
@@ -171,20 +174,40 @@ def test_limits():
     check_limits(parse_body(_chat(), ChatRequest, LIMITS), LIMITS)  # within limits: no error
 
 
-def test_generation_params_defaults_and_caps():
-    p = generation_params(parse_body(_chat(), ChatRequest, LIMITS), LIMITS, 0.0)
-    assert p == {
-        "max_tokens": 16,
-        "temperature": 0.0,
-        "top_p": 1.0,
-        "seed": None,
-        "stop": [],
-        "ignore_eos": False,
-    }
-    p = generation_params(
-        parse_body(_chat(max_completion_tokens=9, temperature=0.7, seed=3), ChatRequest, LIMITS), LIMITS, 0.0
+def test_sampling_params_defaults_and_caps():
+    p = SamplingParams.from_request(parse_body(_chat(), ChatRequest, LIMITS), LIMITS, 0.0)
+    assert p == SamplingParams(
+        max_tokens=16, temperature=0.0, top_p=1.0, seed=None, stop=(), ignore_eos=False
     )
-    assert (p["max_tokens"], p["temperature"], p["seed"]) == (9, 0.7, 3)
+    p = SamplingParams.from_request(
+        parse_body(_chat(max_completion_tokens=9, temperature=0.7, seed=3, stop="END"), ChatRequest, LIMITS),
+        LIMITS,
+        0.0,
+    )
+    assert (p.max_tokens, p.temperature, p.seed, p.stop) == (9, 0.7, 3, ("END",))
+    assert (
+        SamplingParams.from_request(
+            parse_body(_chat(max_tokens=10**6), ChatRequest, LIMITS), LIMITS, 0.0
+        ).max_tokens
+        == LIMITS.max_tokens
+    )
+    assert pickle.loads(pickle.dumps(p)) == p  # it crosses the Serve handle as it is
+
+
+def test_a_failure_crosses_a_handle_as_a_value_with_the_openai_body():
+    f = Failure.of(APIError(400, "bad 'top_p'", param="top_p", code="invalid_value"))
+    assert pickle.loads(pickle.dumps(f)) == f
+    assert f.status == 400 and f.body() == {
+        "error": {
+            "message": "bad 'top_p'",
+            "type": "invalid_request_error",
+            "param": "top_p",
+            "code": "invalid_value",
+        }
+    }
+    call = ModelCall("triage", messages=[{"role": "user", "content": "hi"}])
+    assert call.param == "messages" and call.params == SamplingParams()
+    assert ModelCall(None, prompt="x").param == "prompt"
 
 
 def test_api_key():

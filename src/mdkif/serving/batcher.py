@@ -36,19 +36,20 @@ from typing import Any
 
 import torch
 
-from mdkif.serving.engine import GenRequest, RoutedEngine, _Row
-from mdkif.serving.protocol import APIError
+from mdkif.serving.engine import GenRequest, RoutedEngine
+from mdkif.serving.protocol import APIError, Failure
+from mdkif.serving.sampling import Row, new_row, pick
 
 log = logging.getLogger(__name__)
 
-# Called from the loop's thread after every step a row takes part in (row, None), or once with an error
-# (row, error dict) when the row fails; the row's `finish` is set on its last call.
-Notify = Callable[[_Row, dict[str, Any] | None], None]
+# Called from the loop's thread after every step a row takes part in (row, None), or once with a Failure
+# (row, failure) when the row fails; the row's `finish` is set on its last call.
+Notify = Callable[[Row, Failure | None], None]
 
 
 @dataclass
 class _Entry:
-    row: _Row
+    row: Row
     notify: Notify
     weights: torch.Tensor | None = None  # a gate's weights, computed once at admission
     solo: bool = False  # decoded alone (a row put back after a failed step)
@@ -141,7 +142,7 @@ class DecodeLoop:
     # ---- the caller's side ----------------------------------------------------------------------
     def submit(self, req: GenRequest, notify: Notify) -> None:
         """Queue `req`; `notify` is called from the loop's thread (see `Notify`)."""
-        entry = _Entry(self.engine._rows([req])[0], notify)
+        entry = _Entry(new_row(req), notify)
         with self._wake:
             if self._closed:
                 raise RuntimeError("the decode loop is closed")
@@ -277,12 +278,12 @@ class DecodeLoop:
         eng = self.engine
         rows = [e.row for e in entries]
         try:
-            picks = eng._pick(logits, rows)
+            picks = pick(logits, rows)
         except Exception:  # noqa: BLE001 - find the row(s) that raise
             picks = []
             for i, row in enumerate(rows):
                 try:
-                    picks.extend(eng._pick(logits[i : i + 1], [row]))
+                    picks.extend(pick(logits[i : i + 1], [row]))
                 except Exception as exc:  # noqa: BLE001
                     self._fail(entries[i], exc)
                     picks.append(eng.pad_id)
@@ -293,7 +294,7 @@ class DecodeLoop:
                 e.row.finish = "cancelled"
                 eng.cancelled_rows += 1
             else:
-                eng._advance(e.row, tok)
+                eng.advance(e.row, tok)
             e.notify(e.row, None)
         return picks
 
@@ -322,4 +323,4 @@ class DecodeLoop:
         self.failed_rows += 1
         e.row.finish = "error"
         err = APIError(500, f"generation failed: {type(exc).__name__}: {exc}", code="internal_error")
-        e.notify(e.row, {"status": 500, **err.body()})
+        e.notify(e.row, Failure.of(err))

@@ -4,8 +4,9 @@ They are composed by handles: `build_app` binds the Retriever into the RoutedMod
 the Ingress, and Serve passes each replica a `DeploymentHandle` to the next one. This module imports no
 torch at the top: the ingress replica only parses, checks and forwards requests.
 
-Failure handling: the RoutedModel answers a bad request with an `{"error": ..., "status": ...}` dict
-(never an exception, so the ingress needs no exception translation across Ray); the ingress turns a dead
+Across the handle the ingress sends one typed `ModelCall` (profile, text, `SamplingParams` built once from
+the validated request) and the RoutedModel answers a bad request or a failed generation with a `Failure`
+value (never an exception, so the ingress needs no exception translation across Ray); the ingress turns a dead
 or restarting replica (Ray actor errors, back-pressure) into a 503 and a slow one into a 504 after
 `limits.request_timeout_s`, both as OpenAI-style JSON, so no request hangs.
 """
@@ -31,9 +32,12 @@ from mdkif.serving.protocol import (
     APIError,
     ChatRequest,
     CompletionRequest,
+    Failure,
     LimitsConfig,
+    ModelCall,
     ModelNames,
     RouteRequest,
+    SamplingParams,
     chat_response,
     check_api_key,
     check_limits,
@@ -42,7 +46,6 @@ from mdkif.serving.protocol import (
     completion_response,
     error_body,
     error_type,
-    generation_params,
     new_id,
     parse_body,
     sse,
@@ -89,43 +92,43 @@ class RoutedModel:
         # Continuous batching: requests join the running batch at the next decode step (off: one at a time).
         self.loop = DecodeLoop(self.engine, b.max_batch_size) if b.enabled else None
 
-    async def _prepare(self, req: dict[str, Any]) -> Any:
-        """Request dict -> GenRequest: profile, retrieval, chat template, token limits."""
+    async def _prepare(self, call: ModelCall) -> Any:
+        """ModelCall -> GenRequest: profile, retrieval, chat template, token limits."""
         from mdkif.rag.types import Passage
         from mdkif.serving.engine import GenRequest
 
-        prof = self.engine.profile(req["profile"])
-        use_rag = prof.rag if req.get("rag") is None else req["rag"]
-        messages, prompt = req.get("messages"), req.get("prompt")
+        prof = self.engine.profile(call.profile)
+        use_rag = prof.rag if call.rag is None else call.rag
         passages: list[Passage] = []
         if use_rag:
             if self.retriever is None:
                 raise APIError(
                     400, "'rag': retrieval is not configured on this server", "rag", "invalid_value"
                 )
-            found = await self.retriever.retrieve.remote(self.engine.question(messages, prompt), prof.k)
+            question = self.engine.question(call.messages, call.prompt)
+            found = await self.retriever.retrieve.remote(question, prof.k)
             passages = [Passage(**p) for p in found]
-        ids = self.engine.render(messages=messages, prompt=prompt, passages=passages)
-        self.engine.check_length(ids, req["max_tokens"], "messages" if messages is not None else "prompt")
-        meta = {"profile": req["profile"], "passages": [{"id": p.id, "title": p.title} for p in passages]}
-        keys = ("max_tokens", "temperature", "top_p", "seed", "stop", "ignore_eos")
-        return GenRequest(ids, req["profile"], **{k: req[k] for k in keys}, meta=meta)
+        ids = self.engine.render(messages=call.messages, prompt=call.prompt, passages=passages)
+        self.engine.check_length(ids, call.params.max_tokens, call.param)
+        meta = {"profile": call.profile, "passages": [{"id": p.id, "title": p.title} for p in passages]}
+        return GenRequest(ids, call.profile, call.params, meta=meta)
 
-    async def generate(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def generate(self, call: ModelCall) -> dict[str, Any] | Failure:
         try:
-            gen = await self._prepare(req)
+            gen = await self._prepare(call)
         except APIError as exc:
-            return {"status": exc.status, **exc.body()}
+            return Failure.of(exc)
         try:
             if self.loop is None:
                 return (await asyncio.to_thread(self.engine.generate_each, [gen]))[0]
+            from mdkif.serving.sampling import result
+
             aio = asyncio.get_running_loop()
             done: asyncio.Future = aio.create_future()
 
-            def notify(row: Any, error: dict[str, Any] | None) -> None:
-                if error is not None or row.finish is not None:
-                    result = error if error is not None else self.engine._result(row)
-                    aio.call_soon_threadsafe(_settle, done, result)
+            def notify(row: Any, failure: Failure | None) -> None:
+                if failure is not None or row.finish is not None:
+                    aio.call_soon_threadsafe(_settle, done, failure if failure is not None else result(row))
 
             self.loop.submit(gen, notify)
             return await done
@@ -136,14 +139,14 @@ class RoutedModel:
             log.info("generation cancelled by its caller (client disconnected); its row stops")
             raise
 
-    async def stream(self, req: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """First yields `{"ok": True}` (or an error) once the request is accepted, then the text chunks."""
-        from mdkif.serving.engine import StreamCutter
+    async def stream(self, call: ModelCall) -> AsyncIterator[dict[str, Any] | Failure]:
+        """First yields `{"ok": True}` (or a Failure) once the request is accepted, then the text chunks."""
+        from mdkif.serving.sampling import StreamCutter
 
         try:
-            gen = await self._prepare(req)
+            gen = await self._prepare(call)
         except APIError as exc:
-            yield {"status": exc.status, **exc.body()}
+            yield Failure.of(exc)
             return
         yield {"ok": True}
         if self.loop is None:  # one request, one token loop, in a thread
@@ -154,8 +157,8 @@ class RoutedModel:
         chunks: asyncio.Queue = asyncio.Queue()
         cut = StreamCutter(gen)
 
-        def notify(row: Any, error: dict[str, Any] | None) -> None:
-            chunk = error if error is not None else cut.feed(row, self.engine._result)
+        def notify(row: Any, failure: Failure | None) -> None:
+            chunk = failure if failure is not None else cut.feed(row)
             if chunk is not None:
                 aio.call_soon_threadsafe(chunks.put_nowait, chunk)
 
@@ -164,14 +167,14 @@ class RoutedModel:
             while True:
                 chunk = await chunks.get()
                 yield chunk
-                if "error" in chunk or chunk.get("finish_reason") is not None:
+                if isinstance(chunk, Failure) or chunk.get("finish_reason") is not None:
                     return
         except (asyncio.CancelledError, GeneratorExit):
             gen.cancelled.set()
             log.info("stream cancelled by its caller (client disconnected)")
             raise
 
-    async def _stream_alone(self, gen: Any) -> AsyncIterator[dict[str, Any]]:
+    async def _stream_alone(self, gen: Any) -> AsyncIterator[dict[str, Any] | Failure]:
         steps = self.engine.stream(gen)
         while True:
             try:
@@ -181,20 +184,21 @@ class RoutedModel:
                 raise
             except Exception as exc:  # noqa: BLE001 - the ingress already answered 200: an in-band error
                 log.exception("streamed generation failed")
-                err = APIError(500, f"generation failed: {type(exc).__name__}", code="internal_error")
-                yield {"status": err.status, **err.body()}
+                yield Failure.of(
+                    APIError(500, f"generation failed: {type(exc).__name__}", code="internal_error")
+                )
                 return
             if chunk is None:
                 return
             yield chunk
 
-    async def route(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def route(self, call: ModelCall) -> dict[str, Any] | Failure:
         try:
-            ids = self.engine.render(messages=req.get("messages"), prompt=req.get("prompt"))
-            self.engine.check_length(ids, 0, "messages" if req.get("messages") is not None else "prompt")
+            ids = self.engine.render(messages=call.messages, prompt=call.prompt)
+            self.engine.check_length(ids, 0, call.param)
         except APIError as exc:
-            return {"status": exc.status, **exc.body()}
-        return await asyncio.to_thread(self.engine.route, req["profile"], ids)
+            return Failure.of(exc)
+        return await asyncio.to_thread(self.engine.route, call.profile, ids)
 
     def stats(self, _: dict[str, Any] | None = None) -> dict[str, Any]:
         loop = self.loop.stats() if self.loop is not None else None
@@ -405,12 +409,15 @@ class Ingress:
         check_limits(req, self.limits)
         return req
 
-    async def _call(self, method: str, payload: dict[str, Any]) -> dict[str, Any] | JSONResponse:
+    async def _call(self, method: str, call: ModelCall) -> dict[str, Any] | JSONResponse:
         timeout = self.limits.request_timeout_s
         try:
-            return await asyncio.wait_for(getattr(self.model, method).remote(payload), timeout)
+            result = await asyncio.wait_for(getattr(self.model, method).remote(call), timeout)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON answer, never a hang
             return _json_error(_failure(exc, timeout))
+        if isinstance(result, Failure):
+            return JSONResponse(result.body(), status_code=result.status)
+        return result
 
     def _client(self, request: Request) -> str:
         return client_address(request.client, request.headers, self.limits.client_address_header)
@@ -449,36 +456,34 @@ class Ingress:
             profile = self.names.resolve(req.model)
         except APIError as exc:
             return _json_error(exc)
-        payload: dict[str, Any] = {
-            "profile": profile,
-            "rag": req.rag,
-            **generation_params(req, self.limits, self.info["default_temperature"]),
-        }
-        if kind == "chat":
-            payload["messages"] = [{"role": m.role, "content": m.text()} for m in req.messages]
-        else:
-            payload["prompt"] = req.prompt
+        call = ModelCall(
+            profile,
+            messages=[{"role": m.role, "content": m.text()} for m in req.messages]
+            if kind == "chat"
+            else None,
+            prompt=req.prompt if kind != "chat" else None,
+            params=SamplingParams.from_request(req, self.limits, self.info["default_temperature"]),
+            rag=req.rag,
+        )
         if req.stream:
-            return await self._stream(payload, kind, req)
-        result = await self._call("generate", payload)
+            return await self._stream(call, kind, req)
+        result = await self._call("generate", call)
         if isinstance(result, JSONResponse):
             return result
-        if "error" in result:
-            return JSONResponse({"error": result["error"]}, status_code=result["status"])
         if kind == "chat":
             return chat_response(req.model, result)
         return completion_response(req.model, result, req.prompt if req.echo else "")
 
-    async def _stream(self, payload: dict[str, Any], kind: str, req: Any) -> Any:
+    async def _stream(self, call: ModelCall, kind: str, req: Any) -> Any:
         timeout = self.limits.request_timeout_s
-        gen = self.model.options(stream=True).stream.remote(payload)
+        gen = self.model.options(stream=True).stream.remote(call)
         try:  # wait for the replica to accept (or refuse) the request before answering 200
             first = await asyncio.wait_for(gen.__anext__(), timeout)
         except Exception as exc:  # noqa: BLE001
             gen.cancel()
             return _json_error(_failure(exc, timeout))
-        if "error" in first:
-            return JSONResponse({"error": first["error"]}, status_code=first["status"])
+        if isinstance(first, Failure):
+            return JSONResponse(first.body(), status_code=first.status)
         id_ = new_id("chatcmpl" if kind == "chat" else "cmpl")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -493,8 +498,8 @@ class Ingress:
                         chunk = await asyncio.wait_for(gen.__anext__(), timeout)
                     except StopAsyncIteration:
                         break
-                    if "error" in chunk:  # generation failed after the 200: report in-band
-                        yield sse({"error": chunk["error"]})
+                    if isinstance(chunk, Failure):  # generation failed after the 200: report in-band
+                        yield sse(chunk.body())
                         break
                     yield sse(stream_chunk(kind, id_, req.model, chunk["delta"], chunk["finish_reason"]))
                     if chunk["finish_reason"] is not None and include_usage:
@@ -531,16 +536,12 @@ class Ingress:
                 raise APIError(400, "give exactly one of 'prompt' or 'messages'", "prompt", "invalid_value")
         except APIError as exc:
             return _json_error(exc)
-        payload: dict[str, Any] = {"profile": profile}
-        if req.messages is not None:
-            payload["messages"] = [{"role": m.role, "content": m.text()} for m in req.messages]
-        else:
-            payload["prompt"] = req.prompt
-        result = await self._call("route", payload)
+        messages = (
+            None if req.messages is None else [{"role": m.role, "content": m.text()} for m in req.messages]
+        )
+        result = await self._call("route", ModelCall(profile, messages=messages, prompt=req.prompt))
         if isinstance(result, JSONResponse):
             return result
-        if "error" in result:
-            return JSONResponse({"error": result["error"]}, status_code=result["status"])
         return {"object": "route", "model": req.model, **result}
 
     def _model_cards(self) -> list[dict[str, Any]]:

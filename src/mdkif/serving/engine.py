@@ -16,7 +16,8 @@ A batch is served one of two ways, chosen per batch:
   Arrow is never merged.
 
 Generation is a manual token loop over a left-padded batch with a KV cache, so each row keeps its own
-max_tokens, temperature/top_p, seed and stop sequences. Greedy rows give the same tokens batched as
+`SamplingParams` (max_tokens, temperature/top_p, seed, stop sequences); what happens to a row between two
+forwards (pick, advance, stream cutting) is `serving.sampling`. Greedy rows give the same tokens batched as
 alone. A lock guards the model around every forward, and each forward first re-activates the weights
 its batch needs, so a streaming request (which bypasses batching) may interleave with batches safely.
 """
@@ -28,7 +29,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,7 +44,10 @@ from mdkif.rag.types import Passage
 from mdkif.routing.artifact import read_router_info
 from mdkif.routing.router import ArrowRouter, GateRouter, load_router, pooled_prompt_state
 from mdkif.serving.config import ServeAppConfig
-from mdkif.serving.protocol import APIError
+from mdkif.serving.protocol import APIError, Failure
+from mdkif.serving.sampling import GenRequest, Row, StreamCutter, advance, new_row, pick, result
+
+__all__ = ["GenRequest", "MergedCache", "Profile", "RoutedEngine", "StreamCutter", "weights_key"]
 
 log = logging.getLogger(__name__)
 
@@ -60,55 +64,6 @@ class Profile:
     k: int = 3
     source: str = "base"  # base | weights | router:static | router:gate | router:arrow
     key: str | None = None  # merged-cache key of the fixed weights (`weights_key`); None: base, gate, arrow
-
-
-@dataclass
-class GenRequest:
-    """One tokenised request, ready for the token loop."""
-
-    prompt_ids: list[int]
-    profile: str | None = None
-    max_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    ignore_eos: bool = False
-    meta: dict[str, Any] = field(default_factory=dict)
-    # Set by the caller when nobody waits for the answer any more: the row leaves the loop at the next step.
-    cancelled: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
-
-
-@dataclass
-class _Row:
-    req: GenRequest
-    generator: torch.Generator | None
-    out: list[int] = field(default_factory=list)
-    text: str = ""
-    finish: str | None = None
-
-
-class StreamCutter:
-    """What a stream may send after each step of one row: the new text, less what could still become a stop
-    sequence (or half a multi-byte character), which waits until the next step decides; the last chunk
-    also carries the result (usage, finish reason). A client never sees a stop string it asked to cut."""
-
-    def __init__(self, req: GenRequest) -> None:
-        self.hold = max((len(s) for s in req.stop), default=1) - 1
-        self.sent = 0
-
-    def feed(self, row: _Row, result: Any) -> dict[str, Any] | None:
-        done = row.finish is not None
-        safe = len(row.text) if done else len(row.text) - self.hold
-        while not done and safe > self.sent and row.text[safe - 1] == "\ufffd":
-            safe -= 1
-        if not (safe > self.sent or done):
-            return None
-        chunk: dict[str, Any] = {"delta": row.text[self.sent : safe], "finish_reason": row.finish}
-        self.sent = max(self.sent, safe)
-        if done:
-            chunk.update(result(row))
-        return chunk
 
 
 def weights_key(weights: torch.Tensor, num_layers: int) -> str | None:
@@ -448,7 +403,7 @@ class RoutedEngine:
         self, reqs: list[GenRequest], weights: list[torch.Tensor | None] | None = None
     ) -> tuple[str, Any]:
         """('merged', (key, weights)) when the batch shares one fixed mixture the merged cache can hold,
-        ('arrow', (weights, rows, top_k, temperature)) when some row is Arrow-routed, else
+        ('arrow', (weights, rows, top_k, routing_temperature)) when some row is Arrow-routed, else
         ('stacked', [B, L, K] weights). `weights`: each request's own, when already known (the decode loop
         computes a gate's once per request, not once per step)."""
         profs = [self.profiles[r.profile] for r in reqs]
@@ -469,11 +424,14 @@ class RoutedEngine:
         weights = torch.stack(rows).to(self.device)
         arrows = [p.arrow for p in profs]
         if any(a is not None for a in arrows):
-            # Rows of other profiles get top_k 1 / temperature 1 only so that the settings stay valid.
+            # Rows of other profiles get top_k 1 / routing temperature 1 only so the settings stay valid.
+            # (Arrow's temperature shapes its softmax over skills, not the sampling: SamplingParams has that.)
             mask = torch.tensor([a is not None for a in arrows], device=self.device)
             top_k = torch.tensor([a.top_k if a else 1 for a in arrows], device=self.device)
-            temp = torch.tensor([a.temperature if a else 1.0 for a in arrows], device=self.device)
-            return "arrow", (weights, mask, top_k, temp)
+            routing_temperature = torch.tensor(
+                [a.temperature if a else 1.0 for a in arrows], device=self.device
+            )
+            return "arrow", (weights, mask, top_k, routing_temperature)
         return "stacked", weights
 
     def _activate(self, plan: tuple[str, Any]) -> None:
@@ -483,9 +441,9 @@ class RoutedEngine:
         if mode == "merged":
             self.cache.activate(*arg)
         elif mode == "arrow":
-            weights, rows, top_k, temperature = arg
+            weights, rows, top_k, routing_temperature = arg
             self.cache.deactivate()
-            self.fused.set_arrow(top_k, temperature, rows=rows, weights=weights)
+            self.fused.set_arrow(top_k, routing_temperature, rows=rows, weights=weights)
         else:
             self.cache.deactivate()
             self.fused.set_weights(arg, per_example=True)
@@ -495,62 +453,17 @@ class RoutedEngine:
             self._activate(plan)
             return self.model(**inputs, use_cache=True)
 
-    def _rows(self, reqs: list[GenRequest]) -> list[_Row]:
-        rows = []
-        for r in reqs:
-            gen = None
-            if r.temperature > 0:
-                gen = torch.Generator(device="cpu")
-                if r.seed is not None:
-                    gen.manual_seed(r.seed)
-                else:
-                    gen.seed()
-            rows.append(_Row(r, gen))
-        return rows
+    def advance(self, row: Row, token: int) -> None:
+        """Append `token` to `row` and decide whether it is finished (`sampling.advance`)."""
+        advance(row, token, self.eos_ids, self._decode)
 
-    def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-        greedy = logits.argmax(-1).tolist()
-        out = []
-        for i, row in enumerate(rows):
-            t = row.req.temperature
-            if t <= 0:
-                out.append(greedy[i])
-                continue
-            scaled = logits[i].float().cpu() / t
-            if not torch.isfinite(scaled.max()):  # t so small that logits / t overflows: its limit, greedy
-                out.append(greedy[i])
-                continue
-            probs = torch.softmax(scaled, -1)
-            if row.req.top_p < 1.0:
-                sorted_p, idx = probs.sort(descending=True)
-                keep = sorted_p.cumsum(0) - sorted_p < row.req.top_p
-                # The top token always stays, also when top_p rounds to 0 in float32 (below ~1e-45).
-                keep[0] = True
-                probs = torch.zeros_like(probs).scatter_(0, idx[keep], sorted_p[keep])
-            out.append(int(torch.multinomial(probs, 1, generator=row.generator)))
-        return out
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _advance(self, row: _Row, token: int) -> None:
-        req = row.req
-        if token in self.eos_ids and not req.ignore_eos:
-            row.finish = "stop"
-            return
-        row.out.append(token)
-        row.text = self.tokenizer.decode(row.out, skip_special_tokens=True)
-        for s in req.stop:
-            cut = row.text.find(s)
-            if cut >= 0:
-                row.text, row.finish = row.text[:cut], "stop"
-                return
-        if len(row.out) >= req.max_tokens:
-            # Cut mid-character (a byte-level token holding part of a multi-byte character): drop the
-            # replacement character the partial bytes decode to rather than return it.
-            row.text, row.finish = row.text.rstrip("\ufffd"), "length"
-
-    def steps(self, reqs: list[GenRequest]) -> Iterator[list[_Row]]:
+    def steps(self, reqs: list[GenRequest]) -> Iterator[list[Row]]:
         """The token loop: yields the rows after every decoding step until every row has finished."""
         plan = self._plan(reqs)
-        rows = self._rows(reqs)
+        rows = [new_row(r) for r in reqs]
         width = max(len(r.prompt_ids) for r in reqs)
         ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -562,13 +475,13 @@ class RoutedEngine:
         out = self._forward(plan, input_ids=ids, attention_mask=mask, position_ids=pos)
         past = out.past_key_values
         while True:
-            picks = self._pick(out.logits[:, -1, :], rows)
+            picks = pick(out.logits[:, -1, :], rows)
             for row, tok in zip(rows, picks, strict=True):
                 if row.finish is None and row.req.cancelled.is_set():
                     row.finish = "cancelled"
                     self.cancelled_rows += 1
                 elif row.finish is None:
-                    self._advance(row, tok)
+                    self.advance(row, tok)
             yield rows
             if all(r.finish is not None for r in rows):
                 return
@@ -588,16 +501,16 @@ class RoutedEngine:
 
     def generate_batch(self, reqs: list[GenRequest]) -> list[dict[str, Any]]:
         """Generate for every request in one batch; results in request order."""
-        final: list[_Row] = []
+        final: list[Row] = []
         for final in self.steps(reqs):  # noqa: B007 - the last yield holds every finished row
             pass
-        return [self._result(r) for r in final]
+        return [result(r) for r in final]
 
-    def generate_each(self, reqs: list[GenRequest]) -> list[dict[str, Any]]:
+    def generate_each(self, reqs: list[GenRequest]) -> list[dict[str, Any] | Failure]:
         """`generate_batch`, except that a request that fails fails alone.
 
         When the batch raises, each request is run again by itself; the ones that still fail get their own
-        500 error (`{"status", "error"}`) and the others their normal results, so one poisoned row never
+        500 `Failure` and the others their normal results, so one poisoned row never
         costs the rest of its batch their answers.
         """
         try:
@@ -611,7 +524,7 @@ class RoutedEngine:
             except Exception as exc:  # noqa: BLE001
                 log.exception("request failed alone")
                 err = APIError(500, f"generation failed: {type(exc).__name__}: {exc}", code="internal_error")
-                results.append({"status": 500, **err.body()})
+                results.append(Failure.of(err))
         return results
 
     def stream(self, req: GenRequest) -> Iterator[dict[str, Any]]:
@@ -622,18 +535,9 @@ class RoutedEngine:
         """
         cut = StreamCutter(req)
         for (row,) in self.steps([req]):
-            chunk = cut.feed(row, self._result)
+            chunk = cut.feed(row)
             if chunk is not None:
                 yield chunk
-
-    def _result(self, row: _Row) -> dict[str, Any]:
-        return {
-            "text": row.text,
-            "finish_reason": row.finish,
-            "prompt_tokens": len(row.req.prompt_ids),
-            "completion_tokens": len(row.out),
-            "mdkif": dict(row.req.meta),
-        }
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -14,6 +14,7 @@ import hmac
 import json
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -507,19 +508,66 @@ class ModelNames:
         )
 
 
-def generation_params(
-    req: ChatRequest | CompletionRequest, limits: LimitsConfig, default_temperature: float
-) -> dict:
-    """The sampling settings the model replica needs, with server defaults filled in."""
-    max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
-    return {
-        "max_tokens": min(max_tokens, limits.max_tokens),
-        "temperature": default_temperature if req.temperature is None else req.temperature,
-        "top_p": 1.0 if req.top_p is None else req.top_p,
-        "seed": req.seed,
-        "stop": req.stops,
-        "ignore_eos": req.ignore_eos,
-    }
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request is decoded. Built once from the validated request (`from_request`, where the
+    ranges were checked by the request schema), then passed as is across the Serve handle into the token
+    loop: the replica never re-reads or re-checks a dict."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @classmethod
+    def from_request(
+        cls, req: ChatRequest | CompletionRequest, limits: LimitsConfig, default_temperature: float
+    ) -> SamplingParams:
+        """The request's settings with the server's defaults filled in and max_tokens capped."""
+        max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
+        return cls(
+            max_tokens=min(max_tokens, limits.max_tokens),
+            temperature=default_temperature if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            seed=req.seed,
+            stop=tuple(req.stops),
+            ignore_eos=req.ignore_eos,
+        )
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """What the ingress asks the model replica for: a profile, the text (chat messages or a prompt), the
+    sampling settings and the request's retrieval switch (None: the profile's own)."""
+
+    profile: str | None
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+    rag: bool | None = None
+
+    @property
+    def param(self) -> str:
+        """The request field the text came in (what a length error names)."""
+        return "messages" if self.messages is not None else "prompt"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A refusal or a failed generation, returned (never raised) across a Serve handle: an exception
+    raised in a replica is logged by Serve as the replica's failure, while a 4xx is the client's."""
+
+    status: int
+    error: dict[str, Any]
+
+    @classmethod
+    def of(cls, exc: APIError) -> Failure:
+        return cls(exc.status, exc.body()["error"])
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error}
 
 
 def new_id(prefix: str) -> str:
