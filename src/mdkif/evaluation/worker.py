@@ -93,7 +93,7 @@ def fuse_router(model: Any, variant: VariantConfig) -> Any:
 
     from mdkif.fusion import FusionError, SkillBank, fuse
     from mdkif.routing.artifact import is_router, read_router_info
-    from mdkif.routing.router import load_router, router_weights
+    from mdkif.routing.router import MODULES, load_router, router_weights
 
     ref = variant.router
     arrow = None
@@ -103,7 +103,8 @@ def fuse_router(model: Any, variant: VariantConfig) -> Any:
                 raise EvalError(f"variant {variant.name}: router artifact {ref.path} not found")
             info = read_router_info(ref.path)
             bank = SkillBank.from_dir(ref.adapters, info["skills"])
-            if info.get("kind") == "arrow":
+            module = MODULES.get(info.get("kind"))
+            if module is not None and module.serve == "per_token":  # Arrow: routed inside the layers
                 arrow, _ = load_router(ref.path, bank)
             else:
                 weights, _ = router_weights(ref.path, bank)

@@ -20,7 +20,7 @@ import torch
 
 from mdkif.fusion import FusedModel
 from mdkif.routing.data import Batch, LabelBatch, objective
-from mdkif.routing.router import ArrowRouter, GateRouter, SkillRouter, pooled_prompt_state
+from mdkif.routing.router import GateRouter, SkillRouter, pooled_prompt_state
 
 RegularizerKind = Literal["none", "entropy", "l1"]
 
@@ -159,31 +159,15 @@ def fit_gate(
 
 
 @torch.no_grad()
-def route_weights(
-    fused: FusedModel, router: torch.nn.Module, batch: Batch | LabelBatch
-) -> tuple[torch.Tensor, bool]:
-    """The weights `router` gives for `batch` and whether they are per example (a gate) or per task.
-
-    Arrow has no such weights (it routes each token inside the fused layers): see `apply_router`.
-    """
-    if isinstance(router, ArrowRouter):
-        raise TypeError("Arrow routes per token inside the fused layers; use apply_router")
-    if isinstance(router, GateRouter):
-        pooled = pooled_prompt_state(fused, batch.input_ids, batch.attention_mask, batch.prompt_mask)
-        return router(pooled), True
-    return router(), False
-
-
-@torch.no_grad()
 def apply_router(
     fused: FusedModel, router: torch.nn.Module | torch.Tensor, batch: Batch | LabelBatch
 ) -> None:
-    """Make `fused` route `batch` as `router` does: fixed weights, a router's weights, or Arrow's mode."""
-    if isinstance(router, ArrowRouter):
-        router.route(fused)
-        return
-    w, per_ex = (router, False) if isinstance(router, torch.Tensor) else route_weights(fused, router, batch)
-    fused.set_weights(w, per_example=per_ex)
+    """Make `fused` route `batch` as `router` does: fixed weights (a tensor), or the router's own way
+    (`route_batch`: one mixture, one per item, or Arrow's per-token mode)."""
+    if isinstance(router, torch.Tensor):
+        fused.set_weights(router, per_example=False)
+    else:
+        router.route_batch(fused, batch)
 
 
 @torch.no_grad()

@@ -8,12 +8,12 @@ from typing import Any
 
 import torch
 
-from mdkif.config import ConfigError
 from mdkif.fusion import FusedModel, SkillBank, fuse
 from mdkif.routing.config import RouteConfig
 from mdkif.routing.data import encode, load_examples, split_examples
-from mdkif.routing.fit import FitResult, fit_cmaes, fit_gate, fit_gradient, task_loss
-from mdkif.routing.router import ArrowRouter, GateRouter, SkillRouter, save_router
+from mdkif.routing.fit import FitResult, task_loss
+from mdkif.routing.registry import router_method
+from mdkif.routing.router import save_router
 from mdkif.tracking import Run, stage_run
 
 
@@ -31,37 +31,19 @@ def fit_router(
 ) -> tuple[torch.nn.Module, Any]:
     """Build the configured router and fit it on the encoded `train` batch; returns (router, FitResult).
 
-    Arrow is built, not fitted (`train` may be None); its FitResult reports the loss on `train` if given.
+    A method with nothing to fit (Arrow) is only built (`train` may be None); its FitResult reports the
+    loss on `train` if given.
     """
-    r, reg = cfg.router, cfg.regularizer
-    K, L = fused.num_skills, fused.num_layers
-    if cfg.method == "arrow":
-        try:
-            arrow = ArrowRouter(K, cfg.arrow.top_k, cfg.arrow.temperature)
-        except ValueError as exc:
-            raise ConfigError(f"route config: field 'arrow.top_k': {exc}") from None
+    method = router_method(cfg.method)
+    router = method.build(cfg, fused)
+    if method.fit is None:
         res = FitResult()
         if train is not None:
-            res.final_loss = task_loss(fused, arrow, train)
-        return arrow, res
+            res.final_loss = task_loss(fused, router, train)
+        return router, res
     seed = cfg.task.seed if seed is None else seed
     torch.manual_seed(seed)
-    device = next(fused.parameters()).device  # the router lives with the model (a GPU base: on the GPU)
-    g, c = cfg.gradient, cfg.cmaes
-    shared = {"reg": reg.kind, "strength": reg.strength, "seed": seed}  # every fit's objective and seed
-    by_gradient = {"steps": g.steps, "lr": g.lr, "batch_size": g.batch_size, **shared}
-    if cfg.method == "gate":
-        hidden = fused.model.config.hidden_size
-        router: torch.nn.Module = GateRouter(hidden, K, L, r.per_layer, r.temperature).to(device)
-        return router, fit_gate(fused, router, train, **by_gradient)
-    router = SkillRouter(K, L, r.per_layer, r.temperature, r.normalize).to(device)
-    if cfg.method == "gradient":
-        res = fit_gradient(fused, router, train, **by_gradient)
-    else:
-        res = fit_cmaes(
-            fused, router, train, max_evals=c.max_evals, popsize=c.popsize, sigma0=c.sigma0, **shared
-        )
-    return router, res
+    return router, method.fit(cfg, fused, router, train, seed)
 
 
 def run_route(cfg: RouteConfig, save: bool = True) -> dict[str, Any]:
@@ -82,7 +64,7 @@ def _track_route(
 ) -> None:
     run.params(
         cfg.model_dump(mode="json", include={"method", "router", "regularizer", "model", "task"})
-        | {cfg.method: getattr(cfg, cfg.method).model_dump(mode="json")}
+        | _method_settings(cfg)
         | {"skills": ",".join(names)}
     )
     run.series("objective", history)
@@ -92,6 +74,11 @@ def _track_route(
         run.metrics({f"weight/{n}": w for n, w in zip(names, mean, strict=True)})
     if summary.get("artifact"):
         run.artifact(Path(summary["artifact"]).parent, "router")  # router.json + router.safetensors
+
+
+def _method_settings(cfg: RouteConfig) -> dict[str, Any]:
+    field = router_method(cfg.method).settings
+    return {} if field is None else {field: getattr(cfg, field).model_dump(mode="json")}
 
 
 def _route(cfg: RouteConfig, save: bool) -> tuple[dict[str, Any], list[float], list[str]]:
@@ -134,7 +121,7 @@ def _save(
     start: float,
 ) -> dict[str, Any]:
     """Write the artifact (when `save`) and finish the summary: its path, and a static router's weights."""
-    if isinstance(router, ArrowRouter):
+    if router.serve == "per_token":  # Arrow: its two settings are what it is
         summary.update(top_k=router.top_k, temperature=router.temperature)
     summary.setdefault("seconds", round(time.perf_counter() - start, 2))
     if save:
@@ -143,7 +130,7 @@ def _save(
         )
         path = save_router(router, bank, fused, cfg.output, {"fit": summary, "settings": settings})
         summary["artifact"] = str(path)
-    if isinstance(router, SkillRouter):
+    if router.serve == "merged":  # one fixed mixture: report it
         with torch.no_grad():
             summary["weights"] = router().tolist()
     return summary

@@ -7,6 +7,12 @@
 - `ArrowRouter`: zero-shot (Arrow, peft's `ArrowConfig`): per token and per fused layer, from each skill's
   top singular direction (`mdkif.fusion.arrow`); nothing is fitted, the artifact holds its two settings.
 
+Each module class says what it is once: its artifact `kind`, how it is served (`serve`: "merged", one
+fixed mixture that can be merged into the weights; "per_example", one mixture per prompt; "per_token",
+computed inside the fused layers), how it routes a batch (`route_batch`) and what its artifact holds
+(`artifact_fields` / `from_artifact`). Callers ask those, never `isinstance`. How each *method* builds and
+fits one lives in `mdkif.routing.registry`.
+
 A router artifact is `router.json` (skills, their digests, the skills manifest digest, the weights and
 how they were fitted) plus `router.safetensors` (the parameters). Weights are read in the bank's order.
 """
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,10 +32,14 @@ from mdkif.fusion.arrow import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from mdkif.routing.artifact import ROUTER_FILE, TENSORS_FILE, read_router_info, router_folder
 
 Normalize = Literal["softmax", "linear"]
+Serve = Literal["merged", "per_example", "per_token"]
 
 
 class SkillRouter(nn.Module):
     """Task-level routing weights from learnable logits: [K] (global) or [L, K] (per layer)."""
+
+    kind: ClassVar[str] = "static"
+    serve: ClassVar[Serve] = "merged"
 
     def __init__(
         self,
@@ -57,9 +67,25 @@ class SkillRouter(nn.Module):
         p = torch.as_tensor(params, dtype=torch.float32).view_as(self.logits)
         return torch.softmax(p / self.temperature, -1) if self.normalize == "softmax" else p
 
+    @torch.no_grad()
+    def route_batch(self, fused: FusedModel, batch: Any) -> None:
+        """Make `fused` route `batch`: one mixture for every item."""
+        fused.set_weights(self(), per_example=False)
+
+    def artifact_fields(self) -> dict[str, Any]:
+        with torch.no_grad():
+            return {"normalize": self.normalize, "weights": self().tolist()}
+
+    @classmethod
+    def from_artifact(cls, info: dict[str, Any], num_skills: int, num_layers: int) -> SkillRouter:
+        return cls(num_skills, num_layers, info["per_layer"], info["temperature"], info["normalize"])
+
 
 class GateRouter(nn.Module):
     """Input-conditioned weights: MLP(pooled prompt hidden state) -> softmax over skills ([B, K] or [B, L, K])."""
+
+    kind: ClassVar[str] = "gate"
+    serve: ClassVar[Serve] = "per_example"
 
     def __init__(
         self,
@@ -84,10 +110,29 @@ class GateRouter(nn.Module):
         logits = self.net(pooled).view(pooled.shape[0], *self.shape)
         return torch.softmax(logits / self.temperature, -1)
 
+    @torch.no_grad()
+    def route_batch(self, fused: FusedModel, batch: Any) -> None:
+        """Make `fused` route `batch`: one mixture per item, from its prompt's pooled base state."""
+        pooled = pooled_prompt_state(fused, batch.input_ids, batch.attention_mask, batch.prompt_mask)
+        fused.set_weights(self(pooled), per_example=True)
+
+    def artifact_fields(self) -> dict[str, Any]:
+        return {"hidden_size": self.net[0].normalized_shape[0], "width": self.width}
+
+    @classmethod
+    def from_artifact(cls, info: dict[str, Any], num_skills: int, num_layers: int) -> GateRouter:
+        return cls(
+            info["hidden_size"], num_skills, num_layers, info["per_layer"], info["temperature"], info["width"]
+        )
+
 
 class ArrowRouter(nn.Module):
     """Arrow: each token picks its `top_k` skills per fused layer by |<x, v_i>| (v_i: skill i's top right-
-    singular vector there) and mixes them by `softmax(. / temperature)`. No parameters, no task data."""
+    singular vector there) and mixes them by `softmax(. / temperature)`. No parameters, no task data.
+    (`temperature` is Arrow's routing temperature over skills, never a sampling temperature.)"""
+
+    kind: ClassVar[str] = "arrow"
+    serve: ClassVar[Serve] = "per_token"
 
     def __init__(
         self, num_skills: int, top_k: int = DEFAULT_TOP_K, temperature: float = DEFAULT_TEMPERATURE
@@ -103,6 +148,23 @@ class ArrowRouter(nn.Module):
     def route(self, fused: FusedModel) -> None:
         """Make `fused` route its following forwards with Arrow (the stacked path; never merged)."""
         fused.set_arrow(self.top_k, self.temperature)
+
+    def route_batch(self, fused: FusedModel, batch: Any) -> None:
+        self.route(fused)
+
+    def artifact_fields(self) -> dict[str, Any]:
+        return {"top_k": self.top_k, "routing": "per token, per fused layer"}
+
+    @classmethod
+    def from_artifact(cls, info: dict[str, Any], num_skills: int, num_layers: int) -> ArrowRouter:
+        try:
+            return cls(num_skills, info["top_k"], info["temperature"])
+        except ValueError as exc:
+            raise FusionError(f"arrow router: {exc}") from None
+
+
+# The module classes by their artifact `kind` (what `load_router` rebuilds).
+MODULES: dict[str, type[nn.Module]] = {c.kind: c for c in (SkillRouter, GateRouter, ArrowRouter)}
 
 
 def pooled_prompt_state(
@@ -127,12 +189,9 @@ def save_router(
     """Write `router.json` + `router.safetensors` into `out_dir`; returns the json path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kind = (
-        "gate" if isinstance(router, GateRouter) else "arrow" if isinstance(router, ArrowRouter) else "static"
-    )
     info: dict[str, Any] = {
         "format": "mdkif-router/1",
-        "kind": kind,
+        "kind": router.kind,
         "skills": bank.names,
         "skill_digests": bank.digests,
         "skills_manifest_digest": bank.manifest_digest,
@@ -141,17 +200,8 @@ def save_router(
         "per_layer": router.per_layer,
         "temperature": router.temperature,
         **meta,
+        **router.artifact_fields(),
     }
-    if kind == "static":
-        info["normalize"] = router.normalize
-        with torch.no_grad():
-            info["weights"] = router().tolist()
-    elif kind == "arrow":
-        info["top_k"] = router.top_k
-        info["routing"] = "per token, per fused layer"
-    else:
-        info["hidden_size"] = router.net[0].normalized_shape[0]
-        info["width"] = router.width
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()},
         str(out / TENSORS_FILE),
@@ -174,16 +224,15 @@ def load_router(path: str | Path, bank: SkillBank | None = None) -> tuple[nn.Mod
         if changed:
             raise FusionError(f"{folder}: skill adapter(s) {changed} changed since the router was fitted")
     K, L = len(info["skills"]), len(info["layer_groups"])
-    if info["kind"] == "arrow":
-        try:
-            return ArrowRouter(K, info["top_k"], info["temperature"]), info
-        except ValueError as exc:
-            raise FusionError(f"{folder}: arrow router: {exc}") from None
-    if info["kind"] == "static":
-        router: nn.Module = SkillRouter(K, L, info["per_layer"], info["temperature"], info["normalize"])
-    else:
-        router = GateRouter(info["hidden_size"], K, L, info["per_layer"], info["temperature"], info["width"])
-    router.load_state_dict(load_file(str(folder / TENSORS_FILE)))
+    module = MODULES.get(info["kind"])
+    if module is None:
+        raise FusionError(f"{folder}: unknown router kind {info['kind']!r}; known: {sorted(MODULES)}")
+    try:
+        router = module.from_artifact(info, K, L)
+    except FusionError as exc:
+        raise FusionError(f"{folder}: {exc}") from None
+    if any(True for _ in router.parameters()):
+        router.load_state_dict(load_file(str(folder / TENSORS_FILE)))
     return router, info
 
 
@@ -194,12 +243,12 @@ def router_weights(path: str | Path, bank: SkillBank) -> tuple[torch.Tensor, dic
     single mixture: both are refused.
     """
     router, info = load_router(path, bank)
-    if isinstance(router, ArrowRouter):
+    if router.serve == "per_token":
         raise FusionError(
             f"{path}: router is Arrow (per-token routing), so it has no single mixture to merge or export; "
             "it runs in the stacked path only"
         )
-    if not isinstance(router, SkillRouter):
+    if router.serve != "merged":
         raise FusionError(
             f"{path}: router is input-conditioned (a gate), so it has no single mixture to merge or export; "
             "use a static router (gradient or CMA-ES)"

@@ -241,11 +241,12 @@ class RoutedEngine:
             return Profile(name, weights=w, rag=p.rag, k=p.k, source="weights", key=key)
         router, info = load_router(p.router, self.bank)
         router.eval()
-        if isinstance(router, GateRouter):
-            return Profile(name, gate=router.to(self.device), rag=p.rag, k=p.k, source="router:gate")
-        if isinstance(router, ArrowRouter):
+        source = f"router:{router.kind}"
+        if router.serve == "per_example":
+            return Profile(name, gate=router.to(self.device), rag=p.rag, k=p.k, source=source)
+        if router.serve == "per_token":
             self.fused.build_prototypes()  # once, at start-up, not on the first request
-            return Profile(name, arrow=router, rag=p.rag, k=p.k, source="router:arrow")
+            return Profile(name, arrow=router, rag=p.rag, k=p.k, source=source)
         with torch.no_grad():
             w = router().detach().float()
         if w.dim() == 2 and w.shape[0] != self.fused.num_layers:
@@ -253,7 +254,7 @@ class RoutedEngine:
                 500, f"router {p.router}: {w.shape[0]} layer groups, model has {self.fused.num_layers}"
             )
         key = weights_key(w, self.fused.num_layers)
-        return Profile(name, weights=w, rag=p.rag, k=p.k, source="router:static", key=key)
+        return Profile(name, weights=w, rag=p.rag, k=p.k, source=source, key=key)
 
     def profile(self, name: str | None) -> Profile:
         return self.profiles[name]
