@@ -28,9 +28,11 @@ def _register() -> None:
     from mdkif.demo import demo_command
     from mdkif.evaluation.commands import eval_command
     from mdkif.experiments.reference import reference_command
+    from mdkif.experiments.unseen import unseen_command
     from mdkif.models.commands import app as models_app
     from mdkif.rag.commands import app as rag_app
     from mdkif.routing.commands import app as route_app
+    from mdkif.routing.commands import set_experiment_runner
     from mdkif.serving.commands import serve as serve_command
     from mdkif.skills.commands import train as train_command
     from mdkif.tuning.commands import tune
@@ -38,6 +40,7 @@ def _register() -> None:
     app.add_typer(data_app, name="data", help="Build and inspect unified skill data and benchmarks.")
     app.add_typer(models_app, name="models", help="Load and check base models.")
     app.add_typer(route_app, name="route")
+    set_experiment_runner(unseen_command)  # `mdkif route --experiment CONFIG`
     app.command("tune")(tune)
     app.command("train", help="Train a stage from a YAML config (skills, cpt, sft, task, pipeline).")(
         train_command

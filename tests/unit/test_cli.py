@@ -65,3 +65,22 @@ def test_route_fits_by_default_and_exports_as_a_verb():
         assert f"mdkif route {verb} [OPTIONS]" in out, (argv, out[:300])
     missing = CliRunner().invoke(app, ["route", "--experiment"])
     assert missing.exit_code == 2 and "mdkif route fit" in missing.output  # fit's own usage error
+
+
+def test_route_experiment_runs_the_runner_the_cli_hands_in(monkeypatch):
+    """routing.commands imports nothing from mdkif.experiments (a higher layer): mdkif.cli hands it the
+    unseen-task runner, and `--experiment` calls that with the config path and the overrides."""
+    from typer.testing import CliRunner
+
+    from mdkif.cli import app
+    from mdkif.experiments.unseen import unseen_command
+    from mdkif.routing import commands
+
+    assert commands._experiment_runner is unseen_command
+    calls = []
+    monkeypatch.setattr(
+        commands, "_experiment_runner", lambda config, overrides: calls.append((config, overrides))
+    )
+    result = CliRunner().invoke(app, ["route", "--experiment", "tune/unseen_task.yaml", "seed=3"])
+    assert result.exit_code == 0, result.output
+    assert [(str(c), o) for c, o in calls] == [("tune/unseen_task.yaml", ["seed=3"])]

@@ -346,3 +346,14 @@ def plot(path: Path, table: list[dict[str, Any]]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def unseen_command(config: Path, overrides: list[str]) -> None:
+    """`mdkif route --experiment CONFIG [key=value ...]`: run the experiment, print its table."""
+    import typer
+
+    from mdkif.config import load_config
+
+    result = run_experiment(load_config(config, ExperimentConfig, overrides))
+    typer.echo(Path(result["table"]).read_text())
+    typer.echo(f"table: {result['table']}  chart: {result['chart']}")

@@ -1,11 +1,13 @@
 """`mdkif route CONFIG` (fit and save a router) and `mdkif route export` (a routed mixture as one LoRA).
 
-A CLI module: like every `*.commands` module it sits at the top of the package graph (the unseen-task
-experiment behind `--experiment` lives in `mdkif.experiments`)."""
+Like every `*.commands` module it imports nothing above its own package's layer: the unseen-task
+experiment behind `--experiment` lives in `mdkif.experiments`, a higher layer, so the top-level CLI hands
+its runner in (`set_experiment_runner`) instead of this module importing it."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +16,15 @@ import typer
 from typer.core import TyperGroup
 
 from mdkif.routing.artifact import ROUTER_FILE, read_router_info, router_folder
+
+# (config path, key=value overrides) -> None; set by mdkif.cli to the unseen-task experiment.
+ExperimentRunner = Callable[[Path, list[str]], None]
+_experiment_runner: ExperimentRunner | None = None
+
+
+def set_experiment_runner(runner: ExperimentRunner) -> None:
+    global _experiment_runner
+    _experiment_runner = runner
 
 
 class _FitByDefault(TyperGroup):
@@ -135,11 +146,9 @@ def route(
     from mdkif.routing.config import RouteConfig
 
     if experiment:
-        from mdkif.experiments.unseen import ExperimentConfig, run_experiment
-
-        result = run_experiment(load_config(config, ExperimentConfig, overrides or []))
-        typer.echo(Path(result["table"]).read_text())
-        typer.echo(f"table: {result['table']}  chart: {result['chart']}")
+        if _experiment_runner is None:
+            raise typer.BadParameter("--experiment needs the mdkif CLI (mdkif.cli registers its runner)")
+        _experiment_runner(config, overrides or [])
         return
     cfg = load_config(config, RouteConfig, overrides or [])
     from mdkif.routing.pipeline import run_route
