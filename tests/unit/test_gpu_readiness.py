@@ -77,6 +77,7 @@ def test_router_batches_go_to_the_model_device():
 
 def test_fit_router_creates_the_router_on_the_model_device(skills_root, monkeypatch):
     import mdkif.routing.pipeline as pipeline
+    import mdkif.routing.registry as registry
     from mdkif.config import validate
     from mdkif.routing.config import RouteConfig
 
@@ -87,8 +88,8 @@ def test_fit_router_creates_the_router_on_the_model_device(skills_root, monkeypa
         seen["device"] = next(router.parameters()).device
         return "fit"
 
-    monkeypatch.setattr(pipeline, "fit_gradient", fake_fit)
-    monkeypatch.setattr(pipeline, "fit_gate", fake_fit)
+    monkeypatch.setattr(registry, "fit_gradient", fake_fit)  # the methods' fit functions live in the registry
+    monkeypatch.setattr(registry, "fit_gate", fake_fit)
     for method in ("gradient", "gate"):
         cfg = validate(
             RouteConfig,
