@@ -8,6 +8,7 @@ use `from __future__ import annotations`, or Serve would see a string and skip t
 `build_app` checks every artifact path and binds Retriever -> RoutedModel -> Ingress.
 """
 
+import logging
 import os
 import time
 from typing import Any
@@ -57,8 +58,17 @@ def build_app(args: ServeAppConfig) -> Application:
     return Ingress.options(**cfg.ingress.options()).bind(model, ingress_info(cfg))
 
 
+SHUTDOWN_WAIT_S = 60.0  # Ctrl-C stops the server within this, even when Serve's own shutdown hangs
+
+
 def serve_until_interrupted() -> None:
-    """Keep this driver (and so its Serve apps) alive until Ctrl-C, then shut Serve down, whatever ends it."""
+    """Keep this driver (and so its Serve apps) alive until Ctrl-C, then shut Serve down, whatever ends it.
+
+    Serve's shutdown waits on its controller and replicas; in the full test suite it was seen to hang past
+    three minutes. It gets SHUTDOWN_WAIT_S, then Ray itself is stopped, so Ctrl-C always ends the process."""
+    import threading
+
+    import ray
     from ray import serve as ray_serve
 
     try:
@@ -67,4 +77,11 @@ def serve_until_interrupted() -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        ray_serve.shutdown()
+        stopping = threading.Thread(target=ray_serve.shutdown, name="serve-shutdown", daemon=True)
+        stopping.start()
+        stopping.join(SHUTDOWN_WAIT_S)
+        if stopping.is_alive():
+            logging.getLogger(__name__).warning(
+                "Serve did not shut down within %g s; stopping Ray", SHUTDOWN_WAIT_S
+            )
+        ray.shutdown()
