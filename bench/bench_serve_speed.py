@@ -68,10 +68,15 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def stream_once(url: str, body: dict[str, Any], tokens_expected: int) -> dict[str, Any] | None:
-    """One streamed completion: time to first text, total time, text chunks; None on any failure."""
+    """One streamed completion: time to first text, total time and the tokens it really generated (the
+    final usage where the server sends one, else one per text chunk, as llama.cpp streams); None on any
+    failure. Throughput counts these, never the tokens asked for: a server that ends a stream early (as
+    llama-cpp-python's does to a running request when another arrives, unless `--interrupt_requests
+    false`) gets no credit for tokens it never made."""
     t0 = time.perf_counter()
     first = None
     chunks = 0
+    usage = None
     try:
         with requests.post(url, json=body, stream=True, timeout=600) as r:
             if r.status_code != 200:
@@ -82,15 +87,19 @@ def stream_once(url: str, body: dict[str, Any], tokens_expected: int) -> dict[st
                 data = json.loads(line[6:])
                 if "error" in data:
                     return None
+                if data.get("usage"):
+                    usage = data["usage"].get("completion_tokens")
                 text = (data.get("choices") or [{}])[0].get("text") or ""
-                if text and first is None:
-                    first = time.perf_counter() - t0
-                chunks += 1
+                if text:
+                    chunks += 1
+                    if first is None:
+                        first = time.perf_counter() - t0
     except requests.RequestException:
         return None
     return {
         "ttft": first if first is not None else time.perf_counter() - t0,
         "total": time.perf_counter() - t0,
+        "tokens": usage if usage is not None else chunks,
     }
 
 
@@ -129,7 +138,8 @@ def load(
         "requests": len(done),
         "errors": errors,
         "seconds": round(wall, 2),
-        "tokens_per_s": round(len(done) * tokens / wall, 1),
+        "tokens_per_s": round(sum(d["tokens"] for d in done) / wall, 1),
+        "short_requests": sum(d["tokens"] < tokens for d in done),  # ended before `tokens` new tokens
         "ttft_p50_ms": round(1000 * statistics.median(ttft), 1) if ttft else None,
         "ttft_p99_ms": round(1000 * percentile(ttft, 99), 1) if ttft else None,
         "latency_p50_ms": round(1000 * statistics.median(total), 1) if total else None,
@@ -204,6 +214,7 @@ def run_mdkif(args: argparse.Namespace, levels: list[int], work: Path) -> dict[s
                     "prompt": p,
                     "max_tokens": args.max_tokens,
                     "stream": True,
+                    "stream_options": {"include_usage": True},
                     "ignore_eos": True,
                     "temperature": 0.0,
                 }
@@ -266,6 +277,10 @@ def run_llama(args: argparse.Namespace, levels: list[int], lora: Path | None = N
         "--n_ctx",
         "2048",
         "--verbose",
+        "false",
+        # Its default (true) ends a running stream when the next request arrives: at c=8, 7 of 8 streams
+        # would stop after a token. False: requests wait their turn, the server's one-at-a-time behaviour.
+        "--interrupt_requests",
         "false",
         *(["--lora_path", str(lora)] if lora else []),
     ]
@@ -412,18 +427,19 @@ def markdown(d: dict[str, Any]) -> str:
     lines = [
         "# Serving at the machine's speed (`python bench/bench_serve_speed.py`)",
         "",
-        f"`{d['model']}` (precision {d['precision']}), streamed greedy completions of exactly {d['max_tokens']} "
-        f"tokens, closed-loop clients on 127.0.0.1; {d['cpus']} cores, {d['threads']} compute threads per "
+        f"`{d['model']}` (precision {d['precision']}), streamed greedy completions of {d['max_tokens']} "
+        "tokens asked for, counted as generated (usage or text chunks; `short`: requests that ended before), "
+        f"closed-loop clients on 127.0.0.1; {d['cpus']} cores, {d['threads']} compute threads per "
         f"server, load average {d['load_avg_start']:.2f} at start ({d['machine_note']}).",
         "",
-        "| setting | clients | requests | generated tokens/s | TTFT p50 / p99 ms | latency p50 / p99 ms | rows per decode step |",
+        "| setting | clients | requests (short) | generated tokens/s | TTFT p50 / p99 ms | latency p50 / p99 ms | rows per decode step |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, rows in s.items():
         for r in rows:
             hist = ", ".join(f"{k}: {v}" for k, v in (r.get("rows_per_step") or {}).items()) or "-"
             lines.append(
-                f"| {name} | {r['concurrency']} | {r['requests']} | {r['tokens_per_s']} | "
+                f"| {name} | {r['concurrency']} | {r['requests']} ({r.get('short_requests', '?')}) | {r['tokens_per_s']} | "
                 f"{r['ttft_p50_ms']} / {r['ttft_p99_ms']} | {r['latency_p50_ms']} / {r['latency_p99_ms']} | {hist} |"
             )
     lines += ["", "## Against the targets", ""]
