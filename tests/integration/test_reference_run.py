@@ -81,18 +81,24 @@ shard_size: 4
         ids |= {json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()}
     assert not ids & set(heldout_ids("healthver", root=shared_data))
     assert not ids & set(heldout_ids("meqsum", root=shared_data, whole=True))
-    # Everything is reused on a second run: no training, no fitting, no scoring.
+    # Everything is reused on a second run: no training, no fitting, no scoring (the plan's record).
+    record = json.loads((out / "plan.json").read_text())
+    assert set(record["stages"]) == {"data", "skills", "routers", "arrow", "task_lora", "eval"}
+    scored = (out / "eval" / "healthver" / "summary.json").stat().st_mtime_ns
     again = CliRunner().invoke(app, ["reference", str(config)])
     assert again.exit_code == 0, again.output
-    assert "reusing it" in again.output
-    summary = json.loads((out / "eval" / "healthver" / "summary.json").read_text())
-    assert summary["shards"]["computed"] == 0
+    for name in record["stages"]:
+        assert f"[reference] {name}: finished" in again.output and "reusing it" in again.output
+    assert (out / "eval" / "healthver" / "summary.json").stat().st_mtime_ns == scored
+    assert json.loads((results / "reference.json").read_text())["table"] == doc["table"]
     # A row subset that needs no train split (base + Arrow) reuses the scores and writes a table of its own.
     subset = tmp_path / "subset"
     few = CliRunner().invoke(app, ["reference", str(config), "rows=[base,routed_arrow]", f"results={subset}"])
     assert few.exit_code == 0, few.output
     sub = json.loads((subset / "reference.json").read_text())
     assert {r["row"] for r in sub["table"]} == {"base", "routed_arrow"} and sub["fits"] == {}
+    summary = json.loads((out / "eval" / "healthver" / "summary.json").read_text())
+    assert summary["shards"]["computed"] == 0  # the subset's evaluation re-read every scored shard
     assert "What the routers chose" not in (subset / "reference.md").read_text()
     # The label objective refits only the classification task; meqsum's routers and scores are reused.
     label = CliRunner().invoke(app, ["reference", str(config), "routers.loss=label"])

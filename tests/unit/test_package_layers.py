@@ -22,6 +22,7 @@ PKG = SRC / "mdkif"
 LAYERS: list[set[str]] = [
     {"config", "assets", "io", "ray_session", "allocator"},
     {"tracking"},
+    {"plan"},
     {"data"},
     {"models"},
     {"fusion", "rag"},

@@ -33,7 +33,7 @@ from mdkif.data.builders.base import BuildContext
 from mdkif.data.errors import DataError
 from mdkif.data.exclusions import load_exclusions
 from mdkif.data.records import SKILLS, SkillRecord
-from mdkif.io import numbered_lines
+from mdkif.io import numbered_lines, write_atomic
 from mdkif.tracking import Run
 
 SPLITS = ("train", "validation")
@@ -327,3 +327,37 @@ def track_data(run: Run, out_dir: str | Path) -> None:
         | {"duplicates": manifest.duplicates, "excluded": manifest.excluded, "bad_rows": manifest.bad_rows}
     )
     run.artifact(Path(out_dir) / "manifest.json")
+
+
+def build_skill_data_once(
+    source_root: str | Path,
+    out_dir: str | Path,
+    exclusions: Path,
+    exclusions_text: str,
+    *,
+    max_per_task: int | None = None,
+) -> Path:
+    """The skill data of a run: built from `source_root` without what `exclusions_text` lists (written to
+    `exclusions`, one id or entry per line), or reused when `out_dir` was built with that same list.
+
+    The one data stage of the demo, reference and unseen-task plans: a changed exclusion list rebuilds,
+    so no held-out item can slip into a reused build."""
+    out = Path(out_dir)
+    if (
+        (out / "manifest.json").is_file()
+        and exclusions.is_file()
+        and exclusions.read_text() == exclusions_text
+    ):
+        print(f"{out} exists with the same exclusions: reusing it")
+        return out
+    exclusions.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(exclusions, exclusions_text)
+    cap = f", max {max_per_task} per task" if max_per_task else ""
+    lines = sum(1 for line in exclusions_text.splitlines() if line.strip() and not line.startswith("#"))
+    print(f"building skill data from {source_root} without {lines} held-out entries{cap}")
+    manifest = build_skill_data(
+        source_root, out, max_per_task=max_per_task, skip_bad=True, exclude=[exclusions], progress=True
+    )
+    print(f"excluded {manifest.excluded} records; train records per skill:")
+    print(", ".join(f"{s} {c.train}" for s, c in manifest.skills.items()))
+    return out

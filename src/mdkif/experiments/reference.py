@@ -35,8 +35,9 @@ import typer
 from pydantic import Field, model_validator
 
 from mdkif.config import StrictModel, load_config
+from mdkif.plan import Plan, Stage, StageContext
 from mdkif.routing.config import ArrowSettings, check_arrow_top_k
-from mdkif.tracking import Run, TrackingConfig, parent_run, stage_run
+from mdkif.tracking import Run, TrackingConfig
 
 DEFAULT_CONFIG = Path("bench/reference.yaml")
 
@@ -100,6 +101,11 @@ class ReferenceConfig(StrictModel):
         description="evaluate only these rows (default: all; base is always needed for the paired tests). "
         "Without best_single and the fitted routed rows the routers stage is skipped",
     )
+    stages: list[str] | None = Field(
+        None,
+        description="run only these stages of the plan (data, skills, routers, arrow, task_lora, eval, "
+        "report); a selected stage takes what it needs from earlier runs recorded in OUT/plan.json",
+    )
     num_workers: int = Field(2, ge=1, description="evaluation actors")
     shard_size: int = Field(25, ge=1)
     seed: int = 0
@@ -147,46 +153,33 @@ class ReferenceConfig(StrictModel):
                 raise ValueError(f"field 'rows': unknown row(s) {bad}; this config has {self.all_rows()}")
             if "base" not in self.rows:
                 raise ValueError("field 'rows': must include 'base' (every row is tested against it)")
+        PLAN.check(self.stages)
         return self
 
 
-def stage(name: str) -> None:
-    print(f"\n=== {name} " + "=" * max(4, 66 - len(name)), flush=True)
-
-
-def build_data(cfg: ReferenceConfig) -> Path:
+def build_data(cfg: ReferenceConfig, run: Run | None = None) -> Path:
     """Stage 1: the skill data without any task's held-out items (ids listed in `exclusions.txt`)."""
-    from mdkif.data.build import build_skill_data
+    from mdkif.data.build import build_skill_data_once, track_data
     from mdkif.data.tasks import heldout_ids
 
-    out = cfg.out / "skilldata"
     ids = sorted({i for t in cfg.tasks for i in heldout_ids(t.name, root=cfg.data_root, whole=t.unseen)})
-    exclusions = cfg.out / "exclusions.txt"
     text = (
         "# held-out ids of the reference tasks (test + dev; all of an unseen task)\n" + "\n".join(ids) + "\n"
     )
-    if (out / "manifest.json").is_file() and exclusions.is_file() and exclusions.read_text() == text:
-        print(f"{out} exists with the same exclusions: reusing it")
-        return out
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    exclusions.write_text(text)
-    print(f"building skill data from {cfg.data_root} without {len(ids)} held-out task items")
-    manifest = build_skill_data(cfg.data_root, out, skip_bad=True, exclude=[exclusions], progress=True)
-    print(f"excluded {manifest.excluded} records; train records per skill:")
-    print(json.dumps({s: c.train for s, c in manifest.skills.items()}))
+    out = build_skill_data_once(cfg.data_root, cfg.out / "skilldata", cfg.out / "exclusions.txt", text)
+    if run is not None:
+        track_data(run, out)
     return out
 
 
 def train_skills(cfg: ReferenceConfig, data_dir: Path) -> Path:
     """Stage 2: the 12 skills on local Ray Train (finished skills skip, interrupted ones resume)."""
-    from mdkif.skills.runner import print_skill_losses, run
+    from mdkif.skills.runner import train_skill_bank
 
     stage_cfg = skills_stage(cfg)
     if stage_cfg.data_dir != str(data_dir):
         raise ValueError(f"skills_overrides must not move data_dir ({stage_cfg.data_dir} != {data_dir})")
-    result = run(stage_cfg)
-    print_skill_losses(result)
-    return Path(stage_cfg.output_dir)
+    return train_skill_bank(stage_cfg)
 
 
 ROWS = ("base", "best_single", "uniform", "routed_gradient")
@@ -319,7 +312,7 @@ def fit_routers(cfg: ReferenceConfig, adapters: Path) -> dict[str, dict[str, Any
             t1 = time.perf_counter()
             batch = batch_of(pool[:k])
             route_cfg = grad_cfg if method == "gradient" else _route_cfg(cfg, adapters, method)
-            router, res = fit_router(route_cfg, fused, batch, seed=cfg.seed)
+            router, res = fit_router(route_cfg, fused, batch, seed=cfg.seed, progress=f"{t.name} {key}")
             with torch.no_grad():
                 w = router().reshape(-1, K).mean(0)
             info = {
@@ -550,51 +543,136 @@ def evaluate(
     return summaries
 
 
-def run_reference(cfg: ReferenceConfig, command: str) -> dict[str, Any]:
-    """Every stage in order; writes the results folder and returns its table."""
-    from mdkif.data.build import track_data
+def _adapters(ctx: StageContext) -> Path:
+    return Path(ctx.got["skills"])
+
+
+def _fits_stage(cfg: ReferenceConfig, ctx: StageContext) -> dict[str, Any]:
+    fits = fit_routers(cfg, _adapters(ctx)) if cfg.needs_fits() else {}
+    if ctx.run is not None:
+        track_fits(ctx.run, fits)
+    return fits
+
+
+def _eval_stage(cfg: ReferenceConfig, ctx: StageContext) -> dict[str, Any]:
+    loras = {t: Path(p) for t, p in ctx.got["task_lora"].items()}
+    arrow = Path(ctx.got["arrow"]) if ctx.got["arrow"] else None
+    return evaluate(cfg, _adapters(ctx), ctx.got["routers"], arrow, loras)
+
+
+def _task_lora_settings(cfg: ReferenceConfig) -> Any:
+    if cfg.task_lora_config is None or "task_lora" not in cfg.selected_rows():
+        return {"rows": "no task_lora row"}
+    stages = {t.name: task_lora_stage(cfg, t.name).model_dump(mode="json") for t in cfg.tasks}
+    return {
+        "stages": stages,
+        "k_gradient": cfg.routers.k_gradient,
+        "seed": cfg.seed,
+        "data_root": cfg.data_root,
+    }
+
+
+def _exists(output: Any) -> bool:
+    """A recorded output whose paths (a path, or a dict of paths) still exist."""
+    if isinstance(output, dict):
+        return all(Path(p).exists() for p in output.values() if isinstance(p, str))
+    return output is None or not isinstance(output, str) or Path(output).exists()
+
+
+def _report_stage(cfg: ReferenceConfig, ctx: StageContext) -> dict[str, Any]:
     from mdkif.experiments.reference_report import write_results
 
-    if cfg.arrow is not None:  # refused here, before any data is built or Ray starts
-        check_arrow_top_k(cfg.arrow, len(skills_stage(cfg).skill_specs()), field="reference: arrow.top_k")
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    with parent_run(cfg.tracking, "reference") as parent:
-        parent.params({"command": command} | cfg.model_dump(mode="json", exclude={"tracking"}))
-        stage("1/6 skill data without the tasks' held-out items")
-        with stage_run(cfg.tracking, "data") as run:
-            data_dir = build_data(cfg)
-            track_data(run, data_dir)
-        times["data"] = time.perf_counter() - t0
-        stage("2/6 train 12 skills (AdaLoRA, Ray Train)")
-        t = time.perf_counter()
-        adapters = train_skills(cfg, data_dir)
-        times["skills"] = time.perf_counter() - t
-        stage("3/6 routers per task (train split: gradient; CMA-ES k) and the zero-shot Arrow router")
-        t = time.perf_counter()
-        with stage_run(cfg.tracking, "routers") as run:
-            fits = fit_routers(cfg, adapters) if cfg.needs_fits() else {}
-            track_fits(run, fits)
-            arrow = build_arrow(cfg, adapters)
-        times["routers"] = time.perf_counter() - t
-        stage("4/6 task LoRAs (the task_lora row: the routers' train items, early-stopped on dev)")
-        t = time.perf_counter()
-        task_loras = train_task_loras(cfg)  # each LoRA records its own `task` stage run
-        times["task_lora"] = time.perf_counter() - t
-        stage("5/6 evaluation on the test splits (paired against base and task_lora)")
-        t = time.perf_counter()
-        summaries = evaluate(cfg, adapters, fits, arrow, task_loras)
-        times["eval"] = time.perf_counter() - t
-        stage("6/6 results")
-        times["total"] = time.perf_counter() - t0
-        out = write_results(
-            cfg, adapters, fits, summaries, command=command, times=times, task_loras=task_loras
-        )
-        parent.metrics({f"seconds/{k}": v for k, v in times.items()})
+    times = dict(ctx.seconds)
+    times["routers"] = times.get("routers", 0.0) + times.pop("arrow", 0.0)
+    got = ctx.got
+    out = write_results(
+        cfg,
+        Path(got["skills"]),
+        got["routers"],
+        got["eval"],
+        command=ctx.params.get("command", ""),
+        times=times,
+        task_loras={t: Path(p) for t, p in got["task_lora"].items()},
+    )
+    if ctx.parent is not None:
         for f in sorted(cfg.results.glob("reference.*")) + sorted(cfg.results.glob("*.png")):
-            parent.artifact(f)
+            ctx.parent.artifact(f)
     print((cfg.results / "reference.md").read_text())
     return out
+
+
+PLAN: Plan[ReferenceConfig] = Plan(
+    "reference",
+    [
+        Stage(
+            "data",
+            "skill data without the tasks' held-out items",
+            lambda cfg, ctx: str(build_data(cfg, ctx.run)),
+            settings=lambda cfg: {"data_root": cfg.data_root, "tasks": cfg.tasks},
+            tracked=True,
+        ),
+        Stage(
+            "skills",
+            "train 12 skills (AdaLoRA, Ray Train)",
+            lambda cfg, ctx: str(train_skills(cfg, Path(ctx.got["data"]))),
+            settings=lambda cfg: skills_stage(cfg).model_dump(mode="json"),
+            needs=("data",),
+        ),
+        Stage(
+            "routers",
+            "routers per task (train split: gradient; CMA-ES k)",
+            _fits_stage,
+            settings=lambda cfg: {
+                "routers": cfg.routers,
+                "tasks": cfg.tasks,
+                "seed": cfg.seed,
+                "fits": cfg.needs_fits(),
+                "data_root": cfg.data_root,
+            },
+            needs=("skills",),
+            tracked=True,
+        ),
+        Stage(
+            "arrow",
+            "the zero-shot Arrow router (skills only)",
+            lambda cfg, ctx: str(a) if (a := build_arrow(cfg, _adapters(ctx))) else None,
+            settings=lambda cfg: {"arrow": cfg.arrow, "row": "routed_arrow" in cfg.selected_rows()},
+            needs=("skills",),
+            exists=_exists,
+        ),
+        Stage(
+            "task_lora",
+            "task LoRAs (the task_lora row: the routers' train items, early-stopped on dev)",
+            lambda cfg, ctx: {t: str(p) for t, p in train_task_loras(cfg).items()},
+            settings=_task_lora_settings,
+            exists=_exists,
+        ),
+        Stage(
+            "eval",
+            "evaluation on the test splits (paired against base and task_lora)",
+            _eval_stage,
+            settings=lambda cfg: {
+                "rows": cfg.selected_rows(),
+                "n_test": cfg.n_test,
+                "tasks": cfg.tasks,
+                "seed": cfg.seed,
+                "data_root": cfg.data_root,
+            },
+            needs=("skills", "routers", "arrow", "task_lora"),
+        ),
+        Stage("report", "results", _report_stage, needs=("skills", "routers", "task_lora", "eval")),
+    ],
+)
+
+
+def run_reference(cfg: ReferenceConfig, command: str) -> dict[str, Any]:
+    """Every stage of the reference plan in order (or `stages`); writes the results folder and returns the
+    report's table (or, without the report stage, the stages' outputs)."""
+    if cfg.arrow is not None:  # refused here, before any data is built or Ray starts
+        check_arrow_top_k(cfg.arrow, len(skills_stage(cfg).skill_specs()), field="reference: arrow.top_k")
+    params = {"command": command} | cfg.model_dump(mode="json", exclude={"tracking"})
+    result = PLAN.run(cfg, cfg.out, selected=cfg.stages, tracking=cfg.tracking, params=params)
+    return result.outputs.get("report") or result.outputs
 
 
 def track_fits(run: Run, fits: dict[str, dict[str, Any]]) -> None:

@@ -34,6 +34,7 @@ from pydantic import Field, model_validator
 
 from mdkif.config import StrictModel, validate
 from mdkif.models import ModelConfig
+from mdkif.plan import Plan, Stage, StageContext
 from mdkif.routing.config import (
     ArrowSettings,
     CmaesSettings,
@@ -48,7 +49,7 @@ from mdkif.routing.config import (
 )
 from mdkif.routing.data import TaskExample, encode
 from mdkif.routing.fit import task_loss
-from mdkif.tracking import TrackingConfig, parent_run
+from mdkif.tracking import TrackingConfig
 
 
 class UnseenTask(StrictModel):
@@ -127,41 +128,36 @@ def split_task(task: UnseenTask, n_test: int, max_k: int, seed: int) -> tuple[li
     return test, pool
 
 
+# The ExperimentConfig fields a RouteConfig takes as they are (the rest of it: no task file, this output).
+ROUTE_FIELDS = ("model", "skills", "method", "router", "regularizer", "gradient", "cmaes")
+
+
+def route_config(cfg: ExperimentConfig) -> RouteConfig:
+    """The RouteConfig every (task, k) fit uses: the experiment's router settings, examples handed in."""
+    return RouteConfig(
+        task=TaskSource(source="-", k=1), output=cfg.output, **{f: getattr(cfg, f) for f in ROUTE_FIELDS}
+    )
+
+
 def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, Any]:
-    """Fit every (task, k) router, evaluate every task's variants with the harness; write the table.
-    One MLflow parent run (`unseen-task`) holds the table; each task's evaluation is a child run."""
-    with parent_run(cfg.tracking, "unseen-task") as parent:
-        parent.params(cfg.model_dump(mode="json", exclude={"tracking", "tasks"}))
-        result = _run_experiment(cfg, progress)
-        for row in result["rows"]:
-            for variant in ("base", "uniform", "best_single", "routed", "arrow"):
-                if variant in row:
-                    parent.metrics({f"{row['task']}/k{row['k']}/{variant}": row[variant]["accuracy"]})
-        for f in sorted(Path(cfg.output).glob("*.md")) + sorted(Path(cfg.output).glob("*.png")):
-            parent.artifact(f)
-    return result
+    """The unseen-task plan: fit every (task, k) router, evaluate every task's variants with the harness,
+    write the table. One MLflow parent run (`unseen-task`) holds the table; each task's evaluation is a
+    child run. `OUTPUT/plan.json` records the stages, so a re-run with the same settings reuses them."""
+    params = cfg.model_dump(mode="json", exclude={"tracking", "tasks"})
+    result = PLAN.run(cfg, Path(cfg.output), tracking=cfg.tracking, params=params | {"progress": progress})
+    return result.outputs["report"]
 
 
-def _run_experiment(cfg: ExperimentConfig, progress: bool) -> dict[str, Any]:
-    from mdkif.evaluation.config import EvalConfig
-    from mdkif.evaluation.runner import run_eval
+def fit_routers(cfg: ExperimentConfig, ctx: StageContext) -> dict[str, Any]:
+    """Stage 1: per task and k, the best single skill and a router on the pool's first k items; the Arrow
+    artifact (skills only, one for every task). Returns the fits and each task's evaluation variants."""
     from mdkif.routing.pipeline import build_fused, fit_router
     from mdkif.routing.router import ArrowRouter, save_router
 
-    route_cfg = RouteConfig(
-        model=cfg.model,
-        skills=cfg.skills,
-        task=TaskSource(source="-", k=1),
-        method=cfg.method,
-        router=cfg.router,
-        regularizer=cfg.regularizer,
-        gradient=cfg.gradient,
-        cmaes=cfg.cmaes,
-        output=cfg.output,
-    )
+    route_cfg = route_config(cfg)
     fused, tok, bank = build_fused(route_cfg)
     K, names = len(bank), bank.names
-    fits: dict[tuple[str, int], dict[str, Any]] = {}
+    fits: list[dict[str, Any]] = []
     variants: dict[str, list[dict[str, Any]]] = {}
     model = cfg.model.model_dump(mode="json")
     scoring = {"method": "loglik", "target": "letter", "batch_size": 8}
@@ -172,26 +168,21 @@ def _run_experiment(cfg: ExperimentConfig, progress: bool) -> dict[str, Any]:
         if a.top_k > K:
             raise ValueError(f"field 'arrow.top_k': {a.top_k} is more than the number of skills ({K})")
         folder = cfg.output / "arrow"
-        arrow = ArrowRouter(K, a.top_k, a.temperature)
-        save_router(arrow, bank, fused, folder, {"fit": {"method": "arrow", "top_k": a.top_k}})
-        arrow_rows = [
-            {
-                "name": "arrow",
-                "model": model,
-                "router": {"adapters": adapters, "path": str(folder)},
-                "scoring": scoring,
-            }
-        ]
+        save_router(
+            ArrowRouter(K, a.top_k, a.temperature),
+            bank,
+            fused,
+            folder,
+            {"fit": {"method": "arrow", "top_k": a.top_k}},
+        )
+        router_spec = {"adapters": adapters, "path": str(folder)}
+        arrow_rows = [{"name": "arrow", "model": model, "router": router_spec, "scoring": scoring}]
     for task in cfg.tasks:
         _, pool = split_task(task, cfg.n_test, max(cfg.ks), cfg.seed)
+        uniform = {"adapters": adapters, "weights": {n: 1.0 / K for n in names}}
         rows = [
             {"name": "base", "model": model, "scoring": scoring},
-            {
-                "name": "uniform",
-                "model": model,
-                "router": {"adapters": adapters, "weights": {n: 1.0 / K for n in names}},
-                "scoring": scoring,
-            },
+            {"name": "uniform", "model": model, "router": uniform, "scoring": scoring},
             *arrow_rows,
         ]
         for k in sorted(cfg.ks):
@@ -199,7 +190,7 @@ def _run_experiment(cfg: ExperimentConfig, progress: bool) -> dict[str, Any]:
             train = encode(tok, harness_examples(tok, pool[:k]), cfg.max_length)
             single = [task_loss(fused, torch.eye(K)[i], train) for i in range(K)]
             best = min(range(K), key=single.__getitem__)
-            router, res = fit_router(route_cfg, fused, train, seed=cfg.seed)
+            router, res = fit_router(route_cfg, fused, train, seed=cfg.seed, progress=f"{task.name} k={k}")
             with torch.no_grad():
                 w = router().reshape(-1, K).mean(0)
             fit = {
@@ -218,14 +209,10 @@ def _run_experiment(cfg: ExperimentConfig, progress: bool) -> dict[str, Any]:
             }
             folder = cfg.output / task.name / f"router-k{k}"
             save_router(router, bank, fused, folder, {"fit": fit})
-            fits[(task.name, k)] = fit
+            fits.append(fit)
+            single_spec = {"adapters": adapters, "weights": {names[best]: 1.0}}
             rows += [
-                {
-                    "name": f"single-k{k}",
-                    "model": model,
-                    "router": {"adapters": adapters, "weights": {names[best]: 1.0}},
-                    "scoring": scoring,
-                },
+                {"name": f"single-k{k}", "model": model, "router": single_spec, "scoring": scoring},
                 {
                     "name": f"routed-k{k}",
                     "model": model,
@@ -240,14 +227,21 @@ def _run_experiment(cfg: ExperimentConfig, progress: bool) -> dict[str, Any]:
         variants[task.name] = rows
     del fused
     gc.collect()
+    return {"fits": fits, "variants": variants}
 
-    table: list[dict[str, Any]] = []
+
+def evaluate(cfg: ExperimentConfig, ctx: StageContext) -> dict[str, Any]:
+    """Stage 2: each task's variants on its first `n_test` items, one harness run per task."""
+    from mdkif.evaluation.config import EvalConfig
+    from mdkif.evaluation.runner import run_eval
+
+    summaries = {}
     for task in cfg.tasks:
         eval_cfg = validate(
             EvalConfig,
             {
                 "out": str(cfg.output / task.name / "eval"),
-                "variants": variants[task.name],
+                "variants": ctx.got["routers"]["variants"][task.name],
                 "benchmarks": [
                     {"source": task.source, "split": task.split, "name": task.name, "limit": cfg.n_test}
                 ],
@@ -258,15 +252,22 @@ def _run_experiment(cfg: ExperimentConfig, progress: bool) -> dict[str, Any]:
             },
             f"unseen-task evaluation of {task.name}",
         )
-        summary = run_eval(eval_cfg, progress=progress)
-        cell = {r["variant"]: r for r in summary["results"]}
+        summaries[task.name] = run_eval(eval_cfg, progress=ctx.params.get("progress", True))
+    return summaries
+
+
+def report(cfg: ExperimentConfig, ctx: StageContext) -> dict[str, Any]:
+    """Stage 3: the (task, k) table with 95% intervals, from the harness's summaries and the fits."""
+    fits = {(f["task"], f["k"]): f for f in ctx.got["routers"]["fits"]}
+    table: list[dict[str, Any]] = []
+    for task in cfg.tasks:
+        cell = {r["variant"]: r for r in ctx.got["eval"][task.name]["results"]}
 
         def acc(variant: str, cell: dict = cell) -> dict[str, float]:
             r = cell[variant]
             return {"accuracy": r["accuracy"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
 
         for k in sorted(cfg.ks):
-            fit = fits[(task.name, k)]
             row = {
                 "task": task.name,
                 "k": k,
@@ -275,12 +276,49 @@ def _run_experiment(cfg: ExperimentConfig, progress: bool) -> dict[str, Any]:
                 "uniform": acc("uniform"),
                 "best_single": acc(f"single-k{k}"),
                 "routed": acc(f"routed-k{k}"),
-                "fit": fit,
+                "fit": fits[(task.name, k)],
             }
             if "arrow" in cell:
                 row["arrow"] = acc("arrow")
             table.append(row)
-    return write_table(cfg.output, table)
+    result = write_table(cfg.output, table)
+    if ctx.parent is not None:
+        for row in table:
+            for variant in ("base", "uniform", "best_single", "routed", "arrow"):
+                if variant in row:
+                    ctx.parent.metrics({f"{row['task']}/k{row['k']}/{variant}": row[variant]["accuracy"]})
+        for f in sorted(Path(cfg.output).glob("*.md")) + sorted(Path(cfg.output).glob("*.png")):
+            ctx.parent.artifact(f)
+    return result
+
+
+def _routers_exist(output: Any) -> bool:
+    """Every saved router a recorded routers stage points at is still on disk."""
+    rows = [row for rows in output["variants"].values() for row in rows]
+    return all(Path(row["router"]["path"]).is_dir() for row in rows if "path" in row.get("router", {}))
+
+
+PLAN: Plan[ExperimentConfig] = Plan(
+    "unseen-task",
+    [
+        Stage(
+            "routers",
+            "routers per task and k, and the zero-shot Arrow router",
+            fit_routers,
+            lambda c: c.model_dump(mode="json", exclude={"tracking", "num_workers", "shard_size", "use_ray"}),
+            exists=_routers_exist,
+        ),
+        Stage(
+            "eval",
+            "evaluation: base / uniform / Arrow / best single / routed per k",
+            evaluate,
+            lambda c: {"n_test": c.n_test, "seed": c.seed},
+            needs=("routers",),
+            exists=lambda out: True,
+        ),
+        Stage("report", "table and chart", report, needs=("routers", "eval")),
+    ],
+)
 
 
 def _cell(a: dict[str, float]) -> str:

@@ -12,11 +12,14 @@ Arrow (`ArrowRouter`) needs no fit; `task_loss` scores it like the others.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from tqdm import tqdm
 
 from mdkif.fusion import FusedModel
 from mdkif.routing.data import Batch, LabelBatch, objective
@@ -32,6 +35,28 @@ class FitResult:
     history: list[float] = field(default_factory=list)
     evaluations: int = 0
     final_loss: float = math.nan
+
+
+_BAR: ContextVar[tqdm | None] = ContextVar("router_fit_bar", default=None)
+
+
+@contextmanager
+def fit_progress(total: int, desc: str) -> Iterator[None]:
+    """A progress bar for the fits run inside the block: evaluations (steps or CMA-ES candidates) done and
+    the best objective so far, so a fit of several minutes is never silent."""
+    with tqdm(total=total, desc=desc, unit="eval", dynamic_ncols=True, mininterval=1.0) as bar:
+        token = _BAR.set(bar)
+        try:
+            yield
+        finally:
+            _BAR.reset(token)
+
+
+def _tick(result: FitResult, n: int) -> None:
+    bar = _BAR.get()
+    if bar is not None:
+        bar.update(n)
+        bar.set_postfix(loss=f"{result.history[-1]:.4f}", best=f"{min(result.history):.4f}", refresh=False)
 
 
 def penalty(weights: torch.Tensor, reg: RegularizerKind, strength: float) -> torch.Tensor:
@@ -77,6 +102,7 @@ def fit_gradient(
         opt.step()
         result.history.append(float(loss.detach()))
         result.evaluations += 1
+        _tick(result, 1)
     result.final_loss = task_loss(fused, router, batch)
     return result
 
@@ -118,6 +144,7 @@ def fit_cmaes(
                 fs.append(float(objective(fused, batch) + penalty(w, reg, strength)))
             es.tell(xs, fs)
             result.history.append(min(fs))
+            _tick(result, len(xs))
         result.evaluations = es.result.evaluations
         router.logits.copy_(torch.as_tensor(es.result.xbest, dtype=torch.float32).view_as(router.logits))
     result.final_loss = task_loss(fused, router, batch)
@@ -152,8 +179,9 @@ def fit_gate(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        result.history.append(float(loss))
+        result.history.append(float(loss.detach()))
         result.evaluations += 1
+        _tick(result, 1)
     result.final_loss = task_loss(fused, gate, batch)
     return result
 

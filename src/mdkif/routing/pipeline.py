@@ -11,7 +11,7 @@ import torch
 from mdkif.fusion import FusedModel, SkillBank, fuse
 from mdkif.routing.config import RouteConfig
 from mdkif.routing.data import encode, load_examples, split_examples
-from mdkif.routing.fit import FitResult, task_loss
+from mdkif.routing.fit import FitResult, fit_progress, task_loss
 from mdkif.routing.registry import router_method
 from mdkif.routing.router import save_router
 from mdkif.tracking import Run, stage_run
@@ -27,12 +27,12 @@ def build_fused(cfg: RouteConfig) -> tuple[FusedModel, Any, SkillBank]:
 
 
 def fit_router(
-    cfg: RouteConfig, fused: FusedModel, train, seed: int | None = None
+    cfg: RouteConfig, fused: FusedModel, train, seed: int | None = None, progress: str | None = None
 ) -> tuple[torch.nn.Module, Any]:
     """Build the configured router and fit it on the encoded `train` batch; returns (router, FitResult).
 
     A method with nothing to fit (Arrow) is only built (`train` may be None); its FitResult reports the
-    loss on `train` if given.
+    loss on `train` if given. `progress` (a label) shows a bar of evaluations and the best loss so far.
     """
     method = router_method(cfg.method)
     router = method.build(cfg, fused)
@@ -43,7 +43,12 @@ def fit_router(
         return router, res
     seed = cfg.task.seed if seed is None else seed
     torch.manual_seed(seed)
-    return router, method.fit(cfg, fused, router, train, seed)
+    if progress is None:
+        return router, method.fit(cfg, fused, router, train, seed)
+    settings = getattr(cfg, method.settings) if method.settings else None
+    total = getattr(settings, "steps", None) or getattr(settings, "max_evals", 0)
+    with fit_progress(total, f"{progress} ({cfg.method})"):
+        return router, method.fit(cfg, fused, router, train, seed)
 
 
 def run_route(cfg: RouteConfig, save: bool = True) -> dict[str, Any]:
@@ -93,7 +98,7 @@ def _route(cfg: RouteConfig, save: bool) -> tuple[dict[str, Any], list[float], l
     examples = load_examples(t.source, t.split, t.limit, t.data_root, tok, bank.prompt_format)
     train_ex, val_ex = split_examples(examples, t.k, t.n_val, t.seed)
     train, val = encode(tok, train_ex, t.max_length), encode(tok, val_ex, t.max_length)
-    router, res = fit_router(cfg, fused, train)
+    router, res = fit_router(cfg, fused, train, progress=f"router on {t.k} examples" if save else None)
     uniform = torch.full((len(bank),), 1.0 / len(bank))
     summary: dict[str, Any] = {
         "method": cfg.method,

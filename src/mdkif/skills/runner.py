@@ -487,6 +487,14 @@ def run(cfg: Any, callbacks: Sequence[StepCallback] = ()) -> dict[str, Any]:
     return run_stage(cfg, callbacks)
 
 
+def train_skill_bank(cfg: SkillsStage) -> Path:
+    """The skills stage of a plan: train (or resume, or reuse) every skill, print each one's validation
+    loss, return the adapters folder."""
+    result = run_skills(cfg)
+    print_skill_losses(result)
+    return Path(cfg.output_dir)
+
+
 def print_skill_losses(result: dict[str, Any]) -> None:
     """One line per skill of a skills-stage result: validation loss before -> after, or why it is absent."""
     for skill, m in result["skills"].items():
