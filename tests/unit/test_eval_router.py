@@ -104,3 +104,49 @@ def test_arrow_router_variant_routes_every_token_unmerged(skills, tmp_path):
     v = variant(adapters=str(skills), path=str(tmp_path / "arrow"))
     rows = ShardWorker().score(ShardTask(v, "pubmedqa", 0, records))
     assert len(rows) == 3 and all("correct" in r for r in rows)
+
+
+def test_a_router_refitted_into_the_same_folder_is_scored_again(skills, tmp_path, capsys):
+    """Shards are keyed by the variant's settings and by its artifacts' content: a re-run with the same
+    router reuses every shard, a router saved again with other weights at the same path is re-scored (its
+    old shards are moved to `<column>.stale`), and a record from before artifacts were recorded matches."""
+    import json
+
+    from mdkif.evaluation.config import EvalConfig
+    from mdkif.evaluation.runner import run_eval
+
+    loaded = load_model(ModelConfig(name="tiny"))
+    bank = SkillBank.from_dir(skills, ["triage_yes", "triage_no"])
+    fused = fuse(loaded.model, bank)
+    router = SkillRouter(2, fused.num_layers, False, 1.0, "softmax")
+    folder = tmp_path / "router"
+    save_router(router, bank, fused, folder, {})
+    cfg = EvalConfig.model_validate(
+        {
+            "out": str(tmp_path / "out"),
+            "use_ray": False,
+            "shard_size": 5,
+            "variants": [
+                {
+                    "name": "routed",
+                    "model": {"name": "tiny"},
+                    "router": {"adapters": str(skills), "path": str(folder)},
+                }
+            ],
+            "benchmarks": [{"source": str(DEMO_MCQ), "split": "pubmedqa", "limit": 5}],
+        }
+    )
+    assert run_eval(cfg, progress=False)["shards"] == {"computed": 1, "reused": 0}
+    assert run_eval(cfg, progress=False)["shards"] == {"computed": 0, "reused": 1}
+    meta_path = next((tmp_path / "out" / "routed").glob("*/meta.json"))
+    with torch.no_grad():
+        router.logits.copy_(torch.tensor([2.0, -2.0]))
+    save_router(router, bank, fused, folder, {})
+    assert run_eval(cfg, progress=False)["shards"] == {"computed": 1, "reused": 0}
+    assert "old shards ->" in capsys.readouterr().out
+    assert (meta_path.parent.with_name(meta_path.parent.name + ".stale") / "meta.json").is_file()
+    meta = json.loads(meta_path.read_text())
+    meta.pop("artifacts")  # as written before artifacts were recorded
+    meta_path.write_text(json.dumps(meta))
+    assert run_eval(cfg, progress=False)["shards"] == {"computed": 0, "reused": 1}
+    assert "artifacts" in json.loads(meta_path.read_text())

@@ -134,6 +134,30 @@ class VariantConfig(StrictModel):
         blob = self.model_dump_json(exclude={"scoring": {"prompt_format"}} if default else None)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
+    def artifacts_digest(self) -> str | None:
+        """Digest of the files this variant's predictions come from (the skills' `skills.json`, the router
+        artifact, the adapter), by content (size and mtime for files over 64 MiB); None without any.
+
+        The fingerprint names paths only; a router refitted or skills retrained into the same folder change
+        this digest, so their old predictions are never reused."""
+        files: list[Path] = []
+        if self.router is not None:
+            files.append(self.router.adapters / "skills.json")
+            if self.router.path is not None:
+                files += [self.router.path / "router.json", self.router.path / "router.safetensors"]
+        if self.adapter is not None:
+            files += [self.adapter / "adapter_config.json", *sorted(self.adapter.glob("adapter_model.*"))]
+        if not files:
+            return None
+        h = hashlib.sha1()
+        for f in files:
+            if not f.is_file():
+                continue
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:".encode())
+            h.update(f.read_bytes() if st.st_size <= 64 * 2**20 else str(st.st_mtime_ns).encode())
+        return h.hexdigest()[:16]
+
     def model_key(self) -> str:
         """Variants sharing this key share one loaded model inside a worker."""
         router = self.router.model_dump(mode="json") if self.router else None

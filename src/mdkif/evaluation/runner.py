@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -165,17 +166,28 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _guard_resume(folder: Path, meta: dict[str, Any]) -> None:
-    """Refuse to reuse shards computed with other settings or items; record the settings otherwise."""
+    """Refuse to reuse shards computed with other settings or items; record the settings otherwise.
+
+    Shards of the same settings whose artifacts changed (a router refitted, skills retrained into the same
+    folder) are stale: they are moved to `<folder>.stale` and scored again. A record from before artifacts
+    were recorded is taken as matching."""
     path = folder / "meta.json"
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
-        if old != meta:
-            changed = sorted(k for k in meta if old.get(k) != meta[k])
+        if old == meta:
+            return
+        changed = sorted(k for k in meta if old.get(k) != meta[k])
+        if changed not in ([], ["artifacts"]):
             raise EvalError(
                 f"{folder} holds shards computed with different {', '.join(changed)}; "
                 "use another --out or delete that folder"
             )
-        return
+        if changed and "artifacts" in old:
+            stale = folder.with_name(folder.name + ".stale")
+            shutil.rmtree(stale, ignore_errors=True)
+            folder.rename(stale)
+            folder.mkdir(parents=True)
+            print(f"{folder}: its router/adapter files changed since it was scored; old shards -> {stale}")
     write_atomic(path, json.dumps(meta, indent=2) + "\n")
 
 
@@ -195,6 +207,7 @@ def plan(cfg: EvalConfig, columns: Columns) -> tuple[list[ShardTask], int]:
             )
             meta = {
                 "variant": variant.fingerprint(),
+                "artifacts": variant.artifacts_digest(),
                 "items": hashlib.sha1("\n".join(r.id for r in records).encode()).hexdigest()[:16],
                 "shard_size": cfg.shard_size,
                 "shots": [s.id for s in shots],

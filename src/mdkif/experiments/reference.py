@@ -442,20 +442,19 @@ def skill_names(adapters: Path) -> list[str]:
 
 def build_arrow(cfg: ReferenceConfig, adapters: Path) -> Path | None:
     """The Arrow router artifact (`OUT/arrow/`), from the skills alone: the same for every task."""
-    from mdkif.routing.artifact import is_router
-    from mdkif.routing.pipeline import build_fused
-    from mdkif.routing.router import ArrowRouter, save_router
+    from mdkif.routing.pipeline import build_fused, fit_router
+    from mdkif.routing.router import save_router
 
     if cfg.arrow is None or "routed_arrow" not in cfg.selected_rows():
         return None
     folder = cfg.out / "arrow"
-    if is_router(folder):
-        return folder
-    fused, _, bank = build_fused(_route_cfg(cfg, adapters, "gradient"))
+    route_cfg = _route_cfg(cfg, adapters, "gradient").model_copy(
+        update={"method": "arrow", "arrow": cfg.arrow}
+    )
+    fused, _, bank = build_fused(route_cfg)
     check_arrow_top_k(cfg.arrow, len(bank))
-    arrow = ArrowRouter(len(bank), cfg.arrow.top_k, cfg.arrow.temperature)
     meta = {"method": "arrow", "top_k": cfg.arrow.top_k, "temperature": cfg.arrow.temperature}
-    save_router(arrow, bank, fused, folder, {"fit": meta})
+    save_router(fit_router(route_cfg, fused, None)[0], bank, fused, folder, {"fit": meta})
     print(f"[reference] Arrow router (top_k {cfg.arrow.top_k}, zero-shot) -> {folder}", flush=True)
     return folder
 

@@ -152,7 +152,7 @@ def fit_routers(cfg: ExperimentConfig, ctx: StageContext) -> dict[str, Any]:
     """Stage 1: per task and k, the best single skill and a router on the pool's first k items; the Arrow
     artifact (skills only, one for every task). Returns the fits and each task's evaluation variants."""
     from mdkif.routing.pipeline import build_fused, fit_router
-    from mdkif.routing.router import ArrowRouter, save_router
+    from mdkif.routing.router import save_router
 
     route_cfg = route_config(cfg)
     fused, tok, bank = build_fused(route_cfg)
@@ -164,17 +164,10 @@ def fit_routers(cfg: ExperimentConfig, ctx: StageContext) -> dict[str, Any]:
     adapters = str(cfg.skills.root)
     arrow_rows: list[dict[str, Any]] = []
     if cfg.arrow is not None:  # built from the skills alone: one artifact serves every task
-        a = cfg.arrow
-        if a.top_k > K:
-            raise ValueError(f"field 'arrow.top_k': {a.top_k} is more than the number of skills ({K})")
+        arrow_cfg = route_cfg.model_copy(update={"method": "arrow", "arrow": cfg.arrow})
         folder = cfg.output / "arrow"
-        save_router(
-            ArrowRouter(K, a.top_k, a.temperature),
-            bank,
-            fused,
-            folder,
-            {"fit": {"method": "arrow", "top_k": a.top_k}},
-        )
+        fit = {"method": "arrow", "top_k": cfg.arrow.top_k}
+        save_router(fit_router(arrow_cfg, fused, None)[0], bank, fused, folder, {"fit": fit})
         router_spec = {"adapters": adapters, "path": str(folder)}
         arrow_rows = [{"name": "arrow", "model": model, "router": router_spec, "scoring": scoring}]
     for task in cfg.tasks:
