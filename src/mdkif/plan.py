@@ -67,6 +67,7 @@ class Stage(Generic[C]):
     tracked: bool = False
     exists: Callable[[Any], bool] = _path_output_exists
     after_run: bool = False
+    on_reuse: Callable[[C, Any], None] | None = None  # shows a reused output (a table) as a run would
 
 
 def _key(settings: Any, upstream: Mapping[str, str]) -> str:
@@ -194,6 +195,8 @@ class _State(Generic[C]):
             result.outputs[stage.name] = done["output"]
             result.seconds[stage.name] = done.get("seconds", 0.0)
             result.reused.append(stage.name)
+            if stage.on_reuse is not None:
+                stage.on_reuse(self.cfg, done["output"])
             return
         t = time.perf_counter()
         seconds_so_far = {**result.seconds, "total": round(t - self.t0, 1)}

@@ -127,3 +127,24 @@ def test_the_three_drivers_are_plans_with_checked_stage_lists() -> None:
     assert load_demo_config(["stages=[data,skills]"]).stages == ["data", "skills"]
     with pytest.raises(ConfigError, match=r"unknown stage\(s\) \['trian'\]"):
         load_demo_config(["stages=[data,trian]"])
+
+
+def test_a_reused_stage_can_show_its_output(tmp_path: Path, capsys) -> None:
+    shown: list[str] = []
+    plan = Plan(
+        "shown",
+        [
+            Stage(
+                "table",
+                "table",
+                lambda cfg, ctx: "| a | b |",
+                lambda cfg: {},
+                exists=lambda out: True,
+                on_reuse=lambda cfg, out: shown.append(out),
+            )
+        ],
+    )
+    plan.run(Cfg(), tmp_path)
+    assert shown == []
+    plan.run(Cfg(), tmp_path)
+    assert shown == ["| a | b |"]  # the demo prints its evaluation table again on a re-run
