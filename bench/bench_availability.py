@@ -172,6 +172,20 @@ def raw(port: int, data: bytes, timeout: float = 15.0) -> tuple[int | None, byte
                 buf += chunk
             head, _, rest = buf.partition(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else None
+            # The body can come in a later segment than the headers: read all that Content-Length says.
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            while len(rest) < length:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                rest += chunk
             return status, rest
     except (OSError, ValueError):
         return None, b""
