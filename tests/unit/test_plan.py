@@ -102,7 +102,9 @@ def test_a_selection_reuses_what_it_needs_or_says_what_is_missing(tmp_path: Path
     calls.clear()
     result = plan.run(Cfg(b=3), tmp_path, selected=["second", "report"])
     assert calls == ["second", "report"] and result.outputs["second"] == {"from": "1", "b": 3}
-    with pytest.raises(ConfigError, match=r"field 'stages': unknown stage\(s\) \['secnd'\]; the toy plan has"):
+    with pytest.raises(
+        ConfigError, match=r"field 'stages': unknown stage\(s\) \['secnd'\]; the toy plan has"
+    ):
         plan.check(["secnd"])
 
 
