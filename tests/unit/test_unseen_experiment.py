@@ -68,6 +68,12 @@ def test_routers_per_k_scored_by_the_harness(skills_root, tmp_path):
     table = (cfg.output / "unseen.md").read_text()
     assert "| pubmedqa | 3 | 10 |" in table and "| uniform | arrow | best single" in table
     assert (cfg.output / "unseen.png").stat().st_size > 1000
+    # A re-run is the plan's: fits and scores are reused (nothing refitted), the table is written again.
+    fitted = (cfg.output / "pubmedqa" / "router-k3" / "router.json").stat().st_mtime_ns
+    again = run_experiment(cfg, progress=False)
+    assert again["rows"] == rows
+    assert (cfg.output / "pubmedqa" / "router-k3" / "router.json").stat().st_mtime_ns == fitted
+    assert set(json.loads((cfg.output / "plan.json").read_text())["stages"]) == {"routers", "eval"}
 
 
 def test_test_items_never_fitted_on(tmp_path):
@@ -78,6 +84,11 @@ def test_test_items_never_fitted_on(tmp_path):
     assert len(test) == 10 and not {r.id for r in test} & {r.id for r in pool}
     with pytest.raises(ValueError, match="n_test=10 plus the largest k=500"):
         split_task(task, n_test=10, max_k=500, seed=0)
+
+
+def test_unknown_stages_are_refused_before_anything_runs(skills_root, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown stage\(s\) \['fit'\]"):
+        config(skills_root, tmp_path, stages=["fit", "eval"])
 
 
 def test_gate_router_and_repeated_ks_refused(skills_root, tmp_path):

@@ -84,6 +84,9 @@ class ExperimentConfig(StrictModel):
     num_workers: int = Field(2, ge=1, description="evaluation actors (each loads the model once)")
     shard_size: int = Field(25, ge=1)
     use_ray: bool = Field(True, description="false: evaluate in this process")
+    stages: list[str] | None = Field(
+        None, description="run only these stages of the plan (routers, eval, report); default all"
+    )
     output: Path = Path("runs/unseen")
     tracking: TrackingConfig = Field(
         default_factory=TrackingConfig, description="one parent run; each task's evaluation a child"
@@ -98,6 +101,7 @@ class ExperimentConfig(StrictModel):
             raise ValueError(f"ks must be distinct positive sizes: {self.ks}")
         if self.arrow is not None:
             check_arrow_top_k(self.arrow, count_skills(self.skills))
+        PLAN.check(self.stages)
         return self
 
 
@@ -144,8 +148,9 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, An
     write the table. One MLflow parent run (`unseen-task`) holds the table; each task's evaluation is a
     child run. `OUTPUT/plan.json` records the stages, so a re-run with the same settings reuses them."""
     params = cfg.model_dump(mode="json", exclude={"tracking", "tasks"})
-    result = PLAN.run(cfg, Path(cfg.output), tracking=cfg.tracking, params=params | {"progress": progress})
-    return result.outputs["report"]
+    params |= {"progress": progress}
+    result = PLAN.run(cfg, Path(cfg.output), selected=cfg.stages, tracking=cfg.tracking, params=params)
+    return result.outputs.get("report") or result.outputs
 
 
 def fit_routers(cfg: ExperimentConfig, ctx: StageContext) -> dict[str, Any]:
@@ -298,7 +303,9 @@ PLAN: Plan[ExperimentConfig] = Plan(
             "routers",
             "routers per task and k, and the zero-shot Arrow router",
             fit_routers,
-            lambda c: c.model_dump(mode="json", exclude={"tracking", "num_workers", "shard_size", "use_ray"}),
+            lambda c: c.model_dump(
+                mode="json", exclude={"tracking", "num_workers", "shard_size", "use_ray", "stages"}
+            ),
             exists=_routers_exist,
         ),
         Stage(
