@@ -29,6 +29,18 @@ def _lines(proc: subprocess.Popen, out: queue.Queue) -> None:
     out.put(None)
 
 
+def _drain(lines: queue.Queue) -> list[str]:
+    out = []
+    while True:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            return out
+        if line is None:
+            return out
+        out.append(line)
+
+
 def test_mdkif_serve_throughput_optimized_answers_on_the_direct_port(tmp_path):
     from mdkif.testing.serving import build_tiny_artifacts
 
@@ -37,6 +49,7 @@ def test_mdkif_serve_throughput_optimized_answers_on_the_direct_port(tmp_path):
     port = 8123 + random.randint(1, 800)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MDKIF_API_KEY"))}
     env["MDKIF_CACHE"] = str(tmp_path / "cache")
+    env["PYTHONFAULTHANDLER"] = "1"  # a hang at Ctrl-C is aborted below with every thread's stack shown
     cli = Path(sys.executable).parent / "mdkif"
     proc = subprocess.Popen(
         [str(cli), "serve", "serve_tiny.yaml", "--port", str(port), "--throughput-optimized"],
@@ -89,6 +102,10 @@ def test_mdkif_serve_throughput_optimized_answers_on_the_direct_port(tmp_path):
         try:
             proc.wait(timeout=180)  # a clean exit, also on a slow shared machine
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints where every thread waits
+            time.sleep(10)
             proc.kill()
-            raise
-    assert proc.returncode == 0, "\n".join(seen[-40:])
+            pytest.fail(
+                "mdkif serve did not exit within 180 s of Ctrl-C:\n" + "\n".join(_drain(lines)[-150:])
+            )
+    assert proc.returncode == 0, "\n".join([*seen, *_drain(lines)][-60:])

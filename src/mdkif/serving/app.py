@@ -58,14 +58,29 @@ def build_app(args: ServeAppConfig) -> Application:
     return Ingress.options(**cfg.ingress.options()).bind(model, ingress_info(cfg))
 
 
+SHUTDOWN_GRACE_S = 40.0  # then the watchdog ends the process (Ray's shutdown or a thread hangs)
 SHUTDOWN_WAIT_S = 60.0  # Ctrl-C stops the server within this, even when Serve's own shutdown hangs
+
+
+def _force_exit() -> None:
+    import faulthandler
+    import os
+    import sys
+
+    print("shutdown did not finish; exiting anyway (where each thread waited follows)", file=sys.stderr)
+    faulthandler.dump_traceback(all_threads=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def serve_until_interrupted() -> None:
     """Keep this driver (and so its Serve apps) alive until Ctrl-C, then shut Serve down, whatever ends it.
 
     Serve's shutdown waits on its controller and replicas; in the full test suite it was seen to hang past
-    three minutes. It gets SHUTDOWN_WAIT_S, then Ray itself is stopped, so Ctrl-C always ends the process."""
+    three minutes. It gets SHUTDOWN_WAIT_S, then Ray itself is stopped, so Ctrl-C always ends the process.
+    Should Ray's own shutdown (or a thread left behind at interpreter exit) hang as well, a watchdog ends
+    the process SHUTDOWN_GRACE_S later, saying so."""
     import threading
 
     import ray
@@ -77,6 +92,9 @@ def serve_until_interrupted() -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        watchdog = threading.Timer(SHUTDOWN_WAIT_S + SHUTDOWN_GRACE_S, _force_exit)
+        watchdog.daemon = True
+        watchdog.start()
         stopping = threading.Thread(target=ray_serve.shutdown, name="serve-shutdown", daemon=True)
         stopping.start()
         stopping.join(SHUTDOWN_WAIT_S)
