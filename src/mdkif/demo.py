@@ -21,7 +21,6 @@ every stage whose settings did not change. Every setting below is a default a us
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -376,7 +375,6 @@ def serve_demo(cfg: DemoConfig, port: int = 8000) -> None:
     print(f"served answer (through Serve, routed skills + RAG): {answer!r}")
     print(f"curl -s {url}/chat/completions -H 'Content-Type: application/json' -d '{body}'")
     print("Ctrl-C stops the server")
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever an earlier stage's library set
     serve_until_interrupted()
 
 

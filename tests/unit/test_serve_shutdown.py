@@ -34,3 +34,35 @@ def test_a_hanging_shutdown_is_ended_by_the_watchdog() -> None:
     assert "returned" not in done.stdout  # it never got past Ray's shutdown: the watchdog ended it
     assert "Thread" in done.stderr  # faulthandler's dump of every thread
     assert took < 100  # import time + 1 s + 2 s, far below the test's own limit
+
+
+IGNORED = textwrap.dedent(
+    """
+    import os, signal, threading, time
+    import ray
+    from ray import serve
+    from mdkif.serving import app
+
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # as a shell's background job starts it
+    serve.shutdown = lambda: None
+    ray.shutdown = lambda: None
+    threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    app.serve_until_interrupted()
+    print("stopped on SIGINT", flush=True)
+    """
+)
+
+
+def test_sigint_stops_the_server_even_when_inherited_as_ignored() -> None:
+    """`make test` run from a background job (`cmd &` without job control) starts every child with SIGINT
+    ignored; the server then never saw Ctrl-C, the cause of the serve CLI test's hangs in CI rehearsals."""
+    import signal
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    done = subprocess.run(
+        [sys.executable, "-c", IGNORED], capture_output=True, text=True, timeout=120, preexec_fn=ignore_sigint
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stopped on SIGINT" in done.stdout

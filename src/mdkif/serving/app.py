@@ -62,6 +62,10 @@ SHUTDOWN_GRACE_S = 40.0  # then the watchdog ends the process (Ray's shutdown or
 SHUTDOWN_WAIT_S = 60.0  # Ctrl-C stops the server within this, even when Serve's own shutdown hangs
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _force_exit() -> None:
     import faulthandler
     import os
@@ -75,17 +79,23 @@ def _force_exit() -> None:
 
 
 def serve_until_interrupted() -> None:
-    """Keep this driver (and so its Serve apps) alive until Ctrl-C, then shut Serve down, whatever ends it.
+    """Keep this driver (and so its Serve apps) alive until Ctrl-C or SIGTERM, then shut Serve down.
 
     Serve's shutdown waits on its controller and replicas; in the full test suite it was seen to hang past
     three minutes. It gets SHUTDOWN_WAIT_S, then Ray itself is stopped, so Ctrl-C always ends the process.
     Should Ray's own shutdown (or a thread left behind at interpreter exit) hang as well, a watchdog ends
     the process SHUTDOWN_GRACE_S later, saying so."""
+    import signal
     import threading
 
     import ray
     from ray import serve as ray_serve
 
+    if threading.current_thread() is threading.main_thread():
+        # A process started from a shell's background job inherits SIGINT ignored (and a library may have
+        # set its own handler): Ctrl-C / SIGINT and SIGTERM must stop this server whatever was inherited.
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(1)
