@@ -150,13 +150,15 @@ def test_slow_bodies_do_not_stall_other_requests_or_health(server):
 
 
 def _wait_in_flight(port: int, at_least: int, within_s: float = 30.0) -> int:
-    """Poll the ingress until `at_least` requests are in flight (threads start late on a busy machine)."""
+    """Poll the ingress until `at_least` requests are in flight (threads start late on a busy machine);
+    returns the most seen at once (on a slow machine the first streams can end before the last start)."""
     deadline = time.monotonic() + within_s
+    most = 0
     while True:
-        n = requests.get(_url(port, "/v1/stats"), timeout=30).json()["ingress"]["in_flight"]
-        if n >= at_least or time.monotonic() > deadline:
-            return n
-        time.sleep(0.1)
+        most = max(most, requests.get(_url(port, "/v1/stats"), timeout=30).json()["ingress"]["in_flight"])
+        if most >= at_least or time.monotonic() > deadline:
+            return most
+        time.sleep(0.05)
 
 
 def _stream(port: int, client: str, tokens: int, out: list) -> None:
@@ -176,7 +178,8 @@ def test_health_and_models_answer_fast_while_more_streams_run_than_the_model_tak
     streams = [threading.Thread(target=_stream, args=(port, f"s{i}", 900, codes)) for i in range(8)]
     for t in streams:
         t.start()
-    assert _wait_in_flight(port, 8) == 8
+    seen = _wait_in_flight(port, 8)
+    assert seen > 4, (seen, codes)  # at some moment more streams in flight than the model takes (4)
     for _ in range(3):
         h, h_s = _timed(requests.get, _url(port, "/healthz"), timeout=30)
         m, m_s = _timed(requests.get, _url(port, "/v1/models"), timeout=30)
@@ -257,7 +260,7 @@ def test_an_abandoned_request_stops_generating(server):
     ).encode()
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     s.sendall(head + body)
-    assert _wait_in_flight(port, 1) == 1  # generating
+    assert _wait_in_flight(port, 1) >= 1  # generating
     s.close()
     deadline = time.monotonic() + 20
     while cancelled() in (before, -1) and time.monotonic() < deadline:
