@@ -362,12 +362,16 @@ def serve_demo(cfg: DemoConfig, port: int = 8000) -> None:
     serve.start(http_options={**(data.get("http_options") or {}), "host": "127.0.0.1", "port": port})
     serve.run(build_app(app_cfg), name="mdkif", route_prefix="/")
     url = f"http://127.0.0.1:{port}/v1"
+    from mdkif.prompts import user_message
+
     model = f"{cfg.model}:pubmedqa-rag"
+    question = user_message(task_items(cfg)[1][0], method="generate")  # the answers stage's first item
     body = json.dumps(
         {
             "model": model,
-            "messages": [{"role": "user", "content": "Does aspirin prevent heart attacks?"}],
+            "messages": [{"role": "user", "content": question}],
             "max_tokens": cfg.answer_tokens,
+            "stop": ["\n\n"],
         }
     )
     print(f"\nserving the routed model and the retriever at {url}  (models: {url}/models)")
